@@ -1,0 +1,5 @@
+import sys
+
+from treeboot.cli import main
+
+sys.exit(main())
