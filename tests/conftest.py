@@ -1,0 +1,34 @@
+"""Suite-wide settings. Area-specific fixtures live in tests/_<area>_helpers.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the suite out of the user's cache/state dirs: everything goes under pytest's tmp."""
+    base = tmp_path_factory.mktemp("treeboot-home")
+    saved = {k: os.environ.get(k) for k in ("TREEBOOT_CACHE", "TREEBOOT_HOME")}
+    os.environ.setdefault("TREEBOOT_CACHE", str(base / "cache"))
+    os.environ.setdefault("TREEBOOT_HOME", str(base / "home"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED}")
+    return SHARED
