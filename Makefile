@@ -7,7 +7,8 @@ PYTHON  := $(VENV)/bin/python
 APT_PKGS := qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64 ipxe-qemu \
             osinfo-db debian-installer-12-netboot-amd64 debian-installer-12-netboot-arm64 \
             xorriso genisoimage cpio gpg gpgv debian-archive-keyring curl linux-doc \
-            libvirt-daemon-system virtinst python3-venv
+            libvirt-daemon-system virtinst python3-venv \
+            busybox-static
 
 .PHONY: run test deps venv lint clean
 

@@ -1,0 +1,271 @@
+"""Identify an install tree: which OS, arch and installer, where its kernel and initrd are.
+
+Detection costs at most two sequential rounds of requests after connecting:
+
+1. every candidate metadata file of every layout at once (``[probe]`` in
+   ``rules/tree_layouts.toml``: ``.treeinfo``, d-i ``MANIFEST``, ``.disk/info``, SUSE
+   ``content``, Mageia ``VERSION``, ...);
+2. only the follow-ups the winning layout needs (``SHA256SUMS`` beside a ``MANIFEST``,
+   existence checks when several kernel paths are possible), again all at once.
+
+Reads are memoised for the run. Layouts (``treeboot._detect_layouts``) are tried in order and
+the first that recognises its metadata wins; the knowledge they use is osinfo-db plus the rule
+tables in ``rules/``. ISO images are handed to :func:`treeboot.isodetect.identify_iso`.
+
+API::
+
+    identify(location, *, arch=None, kernel=None, initrd=None, insecure=False, timeout=30.0)
+    identify_location(loc, *, arch=None, kernel=None, initrd=None)
+    identify_tree(loc, ...)   # the tree logic on any Location (an ISO's contents too)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from treeboot._detect_layouts import LAYOUTS, Context, Finding, Resolved
+from treeboot._rules import load_rules
+from treeboot.errors import DetectionError, MetadataError, TreebootError, UsageError
+from treeboot.locations import MAX_PARALLEL, Location, open_location, safe_relpath
+from treeboot.metadata import decode, parse_disk_info
+from treeboot.model import Identification, Media, Verified
+from treeboot.osinfo import OsinfoDB, derive_short_id, load_osinfo
+from treeboot.treeinfo import match_treeinfo
+
+__all__ = [
+    "Probe",
+    "derive_short_id",
+    "identify",
+    "identify_location",
+    "identify_tree",
+    "match_treeinfo",
+    "parse_disk_info",
+]
+
+log = logging.getLogger(__name__)
+
+META_MAX = 4 * 1024 * 1024  # the largest real metadata file (SUSE content) is ~100 KiB
+_WORKERS = 2 * MAX_PARALLEL
+
+TREE_HINT = (
+    "point at the root of an install tree: the directory holding .treeinfo (Fedora, RHEL and"
+    " rebuilds, openSUSE/SLE), a Debian/Ubuntu .../dists/<suite>/main/installer-<arch>/"
+    " directory, a copy of an install ISO (.disk/info, content, VERSION, .alpine-release,"
+    " arch/), or an ISO image; for anything else pass --kernel PATH --initrd PATH"
+)
+
+
+class Probe:
+    """Memoised, concurrent reads and existence checks against one location.
+
+    ``fetch`` sends everything it is given that is not known yet at once and counts one
+    round; errors are kept per path and raised only when a layout asks for that path.
+    """
+
+    def __init__(self, loc: Location, max_size: int = META_MAX) -> None:
+        self.loc = loc
+        self.max_size = max_size
+        self.rounds = 0
+        self.tried: list[str] = []
+        self._data: dict[str, bytes | TreebootError | None] = {}
+        self._exists: dict[str, bool | TreebootError] = {}
+
+    def fetch(self, reads: Iterable[str] = (), exists: Iterable[str] = ()) -> None:
+        todo_r = [p for p in dict.fromkeys(reads) if p not in self._data]
+        todo_e = [p for p in dict.fromkeys(exists) if p not in self._exists and p not in self._data]
+        if not todo_r and not todo_e:
+            return
+        self.rounds += 1
+        self.tried += [p for p in todo_r + todo_e if p not in self.tried]
+        chunks = [todo_r[i : i + MAX_PARALLEL] for i in range(0, len(todo_r), MAX_PARALLEL)]
+        with ThreadPoolExecutor(max_workers=min(_WORKERS, len(chunks) + len(todo_e))) as pool:
+            for chunk in chunks:
+                pool.submit(self._read_chunk, chunk)
+            for p in todo_e:
+                pool.submit(self._check, p)
+
+    def _read_chunk(self, paths: list[str]) -> None:
+        try:
+            self._data.update(self.loc.read_many(paths, max_size=self.max_size))
+            return
+        except TreebootError:
+            pass
+        for p in paths:  # find out which path failed; keep the others usable
+            try:
+                self._data[p] = self.loc.read(p, max_size=self.max_size)
+            except TreebootError as e:
+                self._data[p] = e
+
+    def _check(self, path: str) -> None:
+        try:
+            self._exists[path] = self.loc.exists(path)
+        except TreebootError as e:
+            self._exists[path] = e
+
+    def data(self, path: str) -> bytes | None:
+        value = self._data.get(path)
+        if isinstance(value, TreebootError):
+            raise value
+        return value
+
+    def text(self, path: str) -> str | None:
+        data = self.data(path)
+        return None if data is None else decode(data)
+
+    def exists(self, path: str) -> bool:
+        if self._data.get(path) is not None and not isinstance(self._data[path], Exception):
+            return True
+        value = self._exists.get(path, False)
+        if isinstance(value, TreebootError):
+            raise value
+        return value
+
+
+def identify(
+    location: str,
+    *,
+    arch: str | None = None,
+    kernel: str | None = None,
+    initrd: str | None = None,
+    insecure: bool = False,
+    timeout: float = 30.0,
+) -> Identification:
+    """Open ``location`` (directory, URL or ISO) and identify it. See :func:`identify_tree`."""
+    with open_location(location, insecure=insecure, timeout=timeout) as loc:
+        return identify_location(loc, arch=arch, kernel=kernel, initrd=initrd)
+
+
+def identify_location(
+    loc: Location,
+    *,
+    arch: str | None = None,
+    kernel: str | None = None,
+    initrd: str | None = None,
+) -> Identification:
+    """Identify an open location; ISO images go to :func:`treeboot.isodetect.identify_iso`."""
+    if loc.media == Media.ISO:
+        from treeboot.isodetect import identify_iso
+        from treeboot.isolocation import IsoLocation
+
+        if not isinstance(loc, IsoLocation):
+            raise DetectionError(f"{loc.url}: an ISO location of unknown type {type(loc)}")
+        return identify_iso(loc, arch=arch, kernel=kernel, initrd=initrd)
+    return identify_tree(loc, arch=arch, kernel=kernel, initrd=initrd)
+
+
+def identify_tree(
+    loc: Location,
+    *,
+    arch: str | None = None,
+    kernel: str | None = None,
+    initrd: str | None = None,
+    db: OsinfoDB | None = None,
+) -> Identification:
+    """Identify the tree behind ``loc`` in at most two rounds of requests.
+
+    ``arch`` (any spelling) selects among the arches a tree offers and is checked against
+    the tree's own. ``kernel``/``initrd`` (relative to the location) override the detected
+    paths; with both given, a tree no rule knows still succeeds with ``os`` null.
+    Raises DetectionError listing every probe when nothing matches, MetadataError when a
+    metadata file is malformed, oversized or names paths outside the tree.
+    """
+    rules = load_rules()
+    overrides = _check_overrides(kernel, initrd)
+    want = rules.norm_arch(arch) if arch else None
+    probe = Probe(loc)
+    probe.fetch(rules.probe_reads, rules.probe_exists)
+    ctx = Context(loc.url, probe, rules, db or load_osinfo(), want)
+    try:
+        finding = _first_finding(ctx)
+        probe.fetch(finding.reads, finding.exists)
+        resolved = finding.finish()
+    except (DetectionError, MetadataError) as e:
+        if overrides[0] and overrides[1]:
+            return _unknown_tree(loc.url, want, overrides, probe, e)
+        raise
+    return _identification(loc.url, resolved, overrides, probe.rounds)
+
+
+def _first_finding(ctx: Context) -> Finding:
+    for layout in LAYOUTS:
+        finding = layout.recognise(ctx)
+        if finding is not None:
+            log.debug("%s: recognised as %s", ctx.url, layout.name)
+            return finding
+    raise DetectionError(
+        f"{ctx.url} is not an install tree treeboot recognises",
+        tried=ctx.probe.tried,
+        hint=TREE_HINT,
+    )
+
+
+def _check_overrides(kernel: str | None, initrd: str | None) -> tuple[str | None, str | None]:
+    out: list[str | None] = []
+    for what, path in (("--kernel", kernel), ("--initrd", initrd)):
+        if path is None:
+            out.append(None)
+            continue
+        try:
+            rel = safe_relpath(path)
+        except MetadataError as e:
+            raise UsageError(f"{what} {path!r}: {e.message}", hint=e.hint) from e
+        if not rel:
+            raise UsageError(f"{what} must name a file inside the location")
+        out.append(rel)
+    return out[0], out[1]
+
+
+def _identification(
+    url: str, r: Resolved, overrides: tuple[str | None, str | None], rounds: int
+) -> Identification:
+    kernel = overrides[0] or r.kernel
+    initrd = overrides[1] or r.initrd
+    sums = {p: r.checksums[p] for p in (kernel, initrd) if p in r.checksums}
+    extra = {**r.extra, "layout": r.layout, "rounds": rounds}
+    if overrides != (None, None):
+        extra["overridden"] = [w for w, o in zip(("kernel", "initrd"), overrides, strict=True) if o]
+    installer = r.installer
+    return Identification(
+        location=url,
+        media=Media.TREE,
+        os=r.guess.short_id,
+        family=r.guess.distro,
+        name=r.guess.name,
+        version=r.guess.version,
+        arch=r.arch,
+        installer=installer.name if installer else None,
+        kernel=kernel,
+        initrd=initrd,
+        checksums=sums,
+        evidence=r.evidence,
+        known_to_database=r.guess.known,
+        needs=list(r.needs if r.needs is not None else installer.needs if installer else ()),
+        boot_args=list(installer.boot_args if installer else ()),
+        verified=Verified.SHA256 if len(sums) == 2 else Verified.NONE,
+        extra={**r.guess.notes, **extra},
+    )
+
+
+def _unknown_tree(
+    url: str,
+    arch: str | None,
+    overrides: tuple[str | None, str | None],
+    probe: Probe,
+    error: TreebootError,
+) -> Identification:
+    return Identification(
+        location=url,
+        media=Media.TREE,
+        os=None,
+        family=None,
+        name=None,
+        version=None,
+        arch=arch,
+        installer=None,
+        kernel=overrides[0],
+        initrd=overrides[1],
+        known_to_database=False,
+        extra={"detection": error.message, "looked_for": probe.tried, "rounds": probe.rounds},
+    )

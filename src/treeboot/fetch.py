@@ -1,0 +1,412 @@
+"""Fetch a tree's kernel and initrd: in parallel, resumable, verified, into the cache.
+
+    result = fetch("http://mirror/debian/dists/bookworm/main/installer-amd64/")
+    result.kernel.path, result.initrd.path, result.verified
+
+Each file is checked against the checksum the tree publishes (``Identification.checksums``,
+from ``.treeinfo [checksums]`` or ``SHA256SUMS``) or one the user pins. With a checksum, a
+blob of that sha256 already in the cache is a hit with no request at all; without one, the
+cache index (source URL -> size, ETag/Last-Modified, sha256) is revalidated with one HEAD.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from treeboot.cache import Cache, IndexEntry, PartialMeta, cache_write_error, source_key
+from treeboot.errors import (
+    ChecksumMismatch,
+    DetectionError,
+    FetchError,
+    LocationError,
+    SignatureError,
+    UsageError,
+)
+from treeboot.locations import Location, RemoteStat, open_location, safe_relpath
+from treeboot.model import FetchedArtifact, FetchResult, Identification, Verified
+from treeboot.progress import Transfer, TransferProgress
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+log = logging.getLogger("treeboot.fetch")
+
+ROLES = ("kernel", "initrd")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_FICLONE = 0x40049409  # linux/fs.h: share extents (btrfs, xfs) instead of copying
+
+
+def parse_checksum(value: str) -> str:
+    """``sha256:HEX`` (or a bare 64-digit HEX) -> lower-case hex; UsageError otherwise."""
+    algo, sep, digest = value.strip().partition(":")
+    if not sep:
+        algo, digest = "sha256", algo
+    if algo.lower() != "sha256" or not _HEX64.fullmatch(digest):
+        raise UsageError(
+            f"unsupported checksum {value!r}",
+            hint="give sha256:<64 hex digits> (sha256 is the only algorithm supported)",
+        )
+    return digest.lower()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    role: str
+    path: str
+    expected: str | None
+    verified: Verified  # what a match proves
+    origin: str  # where ``expected`` comes from, for messages
+
+
+def fetch(
+    location: str | Identification,
+    *,
+    arch: str | None = None,
+    dest: str | Path | None = None,
+    kernel: str | None = None,
+    initrd: str | None = None,
+    checksums: Mapping[str, str] | None = None,
+    pins: Sequence[str] = (),
+    insecure: bool = False,
+    progress: bool | None = None,
+    require_signature: bool = False,
+    timeout: float = 30.0,
+    cache: Cache | None = None,
+) -> FetchResult:
+    """Identify ``location`` (unless given an Identification) and fetch its kernel and initrd.
+
+    ``checksums`` pins files by role (``"kernel"``/``"initrd"``) or by path; a pin overrides
+    the tree's checksum. Each of ``pins`` (the CLI's bare ``--checksum sha256:HEX``) must match
+    one of the two files. ``dest`` gets a copy (or reflink) of the verified files.
+    ``progress=None`` shows bars only when stderr is a terminal.
+    """
+    given = location if isinstance(location, Identification) else None
+    spec = given.location if given else str(location)
+    cache = cache or Cache()
+    cache.ensure()
+    with open_location(spec, insecure=insecure, timeout=timeout) as loc:
+        if given is None:
+            ident = _identify(loc, arch=arch, kernel=kernel, initrd=initrd)
+        else:
+            ident = replace(given, kernel=kernel or given.kernel, initrd=initrd or given.initrd)
+        if require_signature and ident.verified != Verified.SIGNED_CHAIN:
+            raise SignatureError(
+                f"{ident.location}: no signed chain vouches for the kernel and initrd"
+                f" (verification available: {ident.verified})",
+                hint="drop --require-signature, or use a tree with a signed Release/treeinfo",
+            )
+        plans = _plans(ident, checksums or {})
+        bare = [parse_checksum(p) for p in pins]
+        _precheck_pins(plans, bare)
+        dest_dir = Path(dest) if dest is not None else None
+        targets = _dest_names(plans, dest_dir)
+        artifacts = _fetch_all(loc, plans, cache, targets, progress)
+    artifacts = _apply_pins(artifacts, bare, [t for t in targets if t])
+    return FetchResult(ident, artifacts[0], artifacts[1])
+
+
+def _identify(
+    loc: Location, *, arch: str | None, kernel: str | None, initrd: str | None
+) -> Identification:
+    try:
+        from treeboot.detect import identify_location
+    except ModuleNotFoundError as e:
+        if e.name != "treeboot.detect":
+            raise
+        raise DetectionError(
+            "cannot identify the location: treeboot.detect is not available",
+            hint="pass an Identification to fetch()",
+        ) from e
+    return identify_location(loc, arch=arch, kernel=kernel, initrd=initrd)
+
+
+def _plans(ident: Identification, pinned: Mapping[str, str]) -> list[_Plan]:
+    published = {safe_relpath(p): v for p, v in ident.checksums.items()}
+    by_path = {safe_relpath(k): v for k, v in pinned.items() if k not in ROLES}
+    plans = []
+    for role in ROLES:
+        path = getattr(ident, role)
+        if not path:
+            raise DetectionError(
+                f"{ident.location}: the identification names no {role}",
+                hint="pass --kernel PATH --initrd PATH relative to the location",
+            )
+        path = safe_relpath(path)
+        user = pinned.get(role) or by_path.pop(path, None)
+        tree = parse_checksum(published[path]) if path in published else None
+        chain = ident.verified == Verified.SIGNED_CHAIN
+        if user is not None:
+            exp = parse_checksum(user)
+            level = Verified.SIGNED_CHAIN if chain and tree == exp else Verified.SHA256
+            plans.append(_Plan(role, path, exp, level, "the checksum you pinned"))
+        elif tree is not None:
+            level = Verified.SIGNED_CHAIN if chain else Verified.SHA256
+            plans.append(_Plan(role, path, tree, level, "the checksum the tree publishes"))
+        else:
+            plans.append(_Plan(role, path, None, Verified.NONE, ""))
+    if by_path:
+        raise UsageError(
+            f"checksum given for {', '.join(sorted(by_path))}, which is not fetched",
+            hint="pin kernel=sha256:.. / initrd=sha256:.. or the exact kernel/initrd paths",
+        )
+    return plans
+
+
+def _precheck_pins(plans: list[_Plan], bare: list[str]) -> None:
+    known = {p.expected for p in plans}
+    if None in known:
+        return  # a file without a checksum may still match: decided after the download
+    for pin in bare:
+        if pin not in known:
+            raise ChecksumMismatch(
+                f"the checksum you pinned (sha256:{pin}) is neither the kernel's nor the"
+                " initrd's checksum as the tree publishes them",
+                hint="check the pinned value and the location",
+            )
+
+
+def _apply_pins(
+    artifacts: list[FetchedArtifact], bare: list[str], placed: list[Path]
+) -> list[FetchedArtifact]:
+    for pin in bare:
+        if not any(a.sha256 == pin for a in artifacts):
+            for p in placed:
+                p.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"neither the kernel nor the initrd has the sha256 you pinned ({pin})",
+                hint="check the pinned value and the location",
+            )
+    return [
+        replace(a, verified=Verified.SHA256)
+        if a.sha256 in bare and a.verified == Verified.NONE
+        else a
+        for a in artifacts
+    ]
+
+
+def _dest_names(plans: list[_Plan], dest: Path | None) -> list[Path | None]:
+    if dest is None:
+        return [None for _ in plans]
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"cannot create {dest}: {e.strerror}") from e
+    names = [os.path.basename(p.path) or p.role for p in plans]
+    if len(set(names)) != len(names):
+        names = [f"{p.role}-{n}" for p, n in zip(plans, names, strict=True)]
+    return [dest / n for n in names]
+
+
+def _fetch_all(
+    loc: Location,
+    plans: list[_Plan],
+    cache: Cache,
+    targets: list[Path | None],
+    progress: bool | None,
+) -> list[FetchedArtifact]:
+    with TransferProgress(progress) as bars, ThreadPoolExecutor(len(plans)) as pool:
+        futures = [
+            pool.submit(
+                fetch_file,
+                loc,
+                plan.path,
+                plan.expected,
+                role=plan.role,
+                cache=cache,
+                verified=plan.verified,
+                origin=plan.origin,
+                transfer=bars.transfer(f"{plan.role:6} {os.path.basename(plan.path)}"),
+                link_to=target,
+            )
+            for plan, target in zip(plans, targets, strict=True)
+        ]
+        errors = [f.exception() for f in futures]
+    for err in errors:
+        if err is not None:
+            raise err
+    return [f.result() for f in futures]
+
+
+def fetch_file(
+    loc: Location,
+    relpath: str,
+    expected: str | None,
+    *,
+    role: str = "file",
+    cache: Cache | None = None,
+    verified: Verified | None = None,
+    origin: str = "the expected checksum",
+    transfer: Transfer | None = None,
+    link_to: Path | None = None,
+) -> FetchedArtifact:
+    """Fetch one file of ``loc`` into the cache (and copy it to ``link_to``).
+
+    ``expected`` is ``sha256:HEX`` (or None: the file is cached unverified). A mismatch raises
+    ChecksumMismatch and leaves nothing behind. Parallel callers (threads or processes) of the
+    same source download it once: the others wait on its lock and then hit the cache.
+    """
+    rel = safe_relpath(relpath)
+    exp = parse_checksum(expected) if expected else None
+    level = verified or (Verified.SHA256 if exp else Verified.NONE)
+    cache = cache or Cache()
+    cache.ensure()
+    transfer = transfer or Transfer(None, None)
+
+    def done(blob: Path, from_cache: bool, nbytes: int) -> FetchedArtifact:
+        path = _place(blob, link_to) if link_to else blob
+        size = path.stat().st_size
+        return FetchedArtifact(role, rel, path, size, blob.name, from_cache, nbytes, level)
+
+    if exp:
+        with cache.shared():
+            if blob := cache.find_blob(exp):
+                return done(blob, True, 0)
+    key = source_key(loc.url, rel)
+    waiting = f"waiting for another download of {loc.url}{rel}"
+    with cache.lock(key, on_wait=lambda: log.info("%s", waiting)):
+        if exp:
+            with cache.shared():
+                if blob := cache.find_blob(exp):  # another process just fetched it
+                    return done(blob, True, 0)
+        elif hit := _revalidate(loc, rel, cache):
+            with cache.shared():
+                if blob := cache.find_blob(hit.sha256):
+                    return done(blob, True, 0)
+        sha, size, nbytes, stat = _download(loc, rel, key, cache, transfer)
+        if exp and sha != exp:
+            cache.discard_partial(key)
+            raise ChecksumMismatch(
+                f"{loc.url}{rel}: sha256 is {sha}, but {origin} is {exp};"
+                " the download was discarded",
+                hint="the mirror may be syncing or tampered with: retry later or use another",
+            )
+        entry = IndexEntry(loc.url, rel, size, stat.validator if stat else None, sha, str(level))
+        with cache.shared():
+            blob = cache.commit(cache.partial(key)[0], sha)
+            cache.record(entry)
+            cache.discard_partial(key)
+            return done(blob, False, nbytes)
+
+
+def _revalidate(loc: Location, rel: str, cache: Cache) -> IndexEntry | None:
+    """The index entry of this source, if the server says it is unchanged (one HEAD)."""
+    entry = cache.lookup(loc.url, rel)
+    if entry is None or entry.validator is None:
+        return None
+    st = loc.stat(rel)
+    if st is None or st.validator != entry.validator or st.size != entry.size:
+        return None
+    return entry
+
+
+class _HashingFile(io.FileIO):
+    """The ``.part`` file: hashes what is written; a seek re-hashes the prefix it keeps."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd, "r+")
+        self.sha = hashlib.sha256()
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:
+        pos = super().seek(pos, whence)
+        self.sha = hashlib.sha256()
+        done = 0
+        while done < pos:
+            chunk = os.pread(self.fileno(), min(1 << 20, pos - done), done)
+            if not chunk:
+                break
+            self.sha.update(chunk)
+            done += len(chunk)
+        return pos
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        view = memoryview(data).cast("B")
+        written = 0
+        while written < len(view):
+            n = super().write(view[written:])
+            if not n:
+                raise OSError(errno.EIO, "write returned no progress")
+            written += n
+        self.sha.update(view)
+        return written
+
+
+def _download(
+    loc: Location, rel: str, key: str, cache: Cache, transfer: Transfer
+) -> tuple[str, int, int, RemoteStat | None]:
+    """Download into the source's ``.part`` (resuming it if possible); fsync it."""
+    part, _ = cache.partial(key)
+    meta = cache.load_partial(key, loc.url, rel)
+    started: list[RemoteStat] = []
+
+    def on_start(st: RemoteStat, start: int) -> None:
+        started.append(st)
+        cache.save_partial(key, PartialMeta(loc.url, rel, st.validator, st.size))
+        transfer.start(st.size, start)
+        if start:
+            log.info("resuming %s%s at byte %d", loc.url, rel, start)
+
+    try:
+        with _HashingFile(os.open(part, os.O_RDWR | os.O_CREAT, 0o600)) as sink:
+            offset = os.fstat(sink.fileno()).st_size if meta and meta.validator else 0
+            validator = meta.validator if meta else None
+            nbytes = loc.download(
+                rel, sink, offset, transfer.advance, if_range=validator, on_start=on_start
+            )
+            size = os.fstat(sink.fileno()).st_size
+            os.fsync(sink.fileno())
+            sha = sink.sha.hexdigest()
+    except LocationError as e:
+        if started and started[0].validator:
+            kept = part.stat().st_size if part.exists() else 0
+            raise FetchError(
+                f"{e.message} (kept {kept} bytes to resume from)",
+                hint="run the same command again: the download resumes where it stopped",
+            ) from e
+        cache.discard_partial(key)  # nothing to check a resume against
+        raise FetchError(e.message, hint=e.hint) from e
+    except OSError as e:
+        cache.discard_partial(key)
+        raise cache_write_error(e, cache.root) from e
+    expected_size = started[0].size if started else None
+    if expected_size is not None and size != expected_size:
+        raise FetchError(
+            f"{loc.url}{rel}: got {size} bytes, the server announced {expected_size}",
+            hint="running the command again resumes the download",
+        )
+    return sha, size, nbytes, started[0] if started else None
+
+
+def _place(blob: Path, target: Path) -> Path:
+    """Put a copy of ``blob`` at ``target`` atomically (a reflink where the filesystem can).
+
+    Never a hard link: a later in-place edit of ``target`` must not alter the cache.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(blob, "rb") as src, open(tmp, "wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+                cloned = True
+            except OSError:
+                cloned = False
+        if not cloned:
+            shutil.copyfile(blob, tmp)  # sendfile(2) under the hood
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(
+            f"cannot write {target}: {e.strerror or e}", hint="check --dest and free space"
+        ) from e
+    return target

@@ -1,0 +1,41 @@
+"""Unattended installs: generate (or load) the installer's own file and say how to pass it.
+
+Families, by :attr:`treeboot.model.Identification.installer`:
+
+========================  ===========  ==============================  =========
+installer                 kind         kernel arguments                delivery
+========================  ===========  ==============================  =========
+anaconda                  kickstart    ``inst.ks=file:/ks.cfg``        initrd
+debian-installer          preseed      ``auto=true priority=critical``  initrd
+linuxrc                   autoyast     ``autoyast=file:///autoinst.xml``  initrd
+subiquity                 autoinstall  ``autoinstall ds=nocloud``      CIDATA
+========================  ===========  ==============================  =========
+
+The table itself lives in ``templates/families.toml``.
+"""
+
+from treeboot.unattended.options import UnattendedOptions
+from treeboot.unattended.render import (
+    REDACTED,
+    UnattendedPayload,
+    find_family,
+    load_unattended_file,
+    redact,
+    render_unattended,
+)
+from treeboot.unattended.seed import write_seed_iso
+from treeboot.unattended.validate import KINDS, detect_kind, validate
+
+__all__ = [
+    "KINDS",
+    "REDACTED",
+    "UnattendedOptions",
+    "UnattendedPayload",
+    "detect_kind",
+    "find_family",
+    "load_unattended_file",
+    "redact",
+    "render_unattended",
+    "validate",
+    "write_seed_iso",
+]
