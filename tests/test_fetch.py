@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _net_helpers import LoopbackHTTP, drop_after, ignore_range, serve_ftp, serve_http
 
-from treeboot import fetch as fetch_mod
+from _net_helpers import LoopbackHTTP, drop_after, ignore_range, serve_ftp, serve_http
 from treeboot.cache import Cache
 from treeboot.devtree import build_treeinfo_tree
 from treeboot.errors import ChecksumMismatch, FetchError, SignatureError, UsageError
-from treeboot.fetch import fetch, fetch_file
+from treeboot.fetch import _HashingFile, fetch, fetch_file
 from treeboot.locations import open_location
 from treeboot.model import Identification, Media, Verified
 
@@ -154,9 +153,11 @@ def test_unverified_files_revalidate_with_head(tree: Path, cache: Cache) -> None
 def test_checksum_mismatch_leaves_cache_clean(tree: Path, cache: Cache) -> None:
     sums = published(tree)
     sums[INITRD] = "sha256:" + "0" * 64
-    with serve_http(tree) as srv:
-        with pytest.raises(ChecksumMismatch, match="the checksum the tree publishes"):
-            fetch(ident_for(srv.url, tree, checksums=sums), cache=cache, progress=False)
+    with (
+        serve_http(tree) as srv,
+        pytest.raises(ChecksumMismatch, match="the checksum the tree publishes"),
+    ):
+        fetch(ident_for(srv.url, tree, checksums=sums), cache=cache, progress=False)
     files = cache_files(cache)
     initrd_sha = hashlib.sha256((tree / INITRD).read_bytes()).hexdigest()
     assert initrd_sha not in files["blobs"] and len(files["blobs"]) == 1  # the good kernel
@@ -342,14 +343,14 @@ def test_full_disk_is_a_clean_fetch_error(tree: Path, tiny_fs: Path) -> None:
 
 
 def test_enospc_on_write(tree: Path, cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = fetch_mod._HashingFile.write
+    real_write = _HashingFile.write
 
-    def write(self: Any, data: Any) -> int:
+    def write(self: _HashingFile, data: bytes) -> int:
         if self.tell() > 100_000:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
 
-    monkeypatch.setattr(fetch_mod._HashingFile, "write", write)
+    monkeypatch.setattr(_HashingFile, "write", write)
     with pytest.raises(FetchError, match="no space left"):
         fetch(ident_for(str(tree), tree), cache=cache, progress=False)
     assert list(cache.tmp.iterdir()) == [] and cache.entries() == []
@@ -421,7 +422,7 @@ def test_cli_fetch_on_a_terminal_shows_progress(tree: Path, tmp_path: Path) -> N
     finally:
         os.close(leader)
     assert proc.returncode == 0
-    assert b"initrd.img" in shown and b"MiB" in shown
+    assert b"kernel vmlinuz" in shown and b"initrd initrd.img" in shown and b" MB" in shown
     assert "verified: sha256" in proc.stdout
 
 

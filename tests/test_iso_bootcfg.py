@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from _iso_helpers import (
     ALPINE_SYSLINUX,
     ANACONDA_ISOLINUX,
@@ -17,7 +19,6 @@ from _iso_helpers import (
     UBUNTU_GRUB,
     UBUNTU_LOOPBACK,
 )
-
 from treeboot.bootcfg import (
     BootConfig,
     parse_bls,
@@ -27,7 +28,7 @@ from treeboot.bootcfg import (
 )
 
 
-def _reader(files: dict[str, str]):  # type: ignore[no-untyped-def]
+def _reader(files: dict[str, str]) -> Callable[[str], bytes | None]:
     def read(path: str) -> bytes | None:
         text = files.get(path)
         return None if text is None else text.encode()
@@ -100,7 +101,10 @@ def test_syslinux_include_loops_are_bounded() -> None:
 
 def test_grub_default_index_submenu_and_variables() -> None:
     entries = parse_grub(CUSTOM_GRUB, "boot/grub/grub.cfg")
-    assert [e.label for e in entries] == ["Install MyDistro (serial)", "Install MyDistro (graphical)"]
+    assert [e.label for e in entries] == [
+        "Install MyDistro (serial)",
+        "Install MyDistro (graphical)",
+    ]
     serial = entries[0]
     assert serial.default  # set default="1": the second entry (the first is memtest)
     assert serial.kernel == "live/vmlinuz" and serial.initrd == "live/initrd.img"
@@ -120,7 +124,10 @@ def test_grub_ubuntu_and_loopback() -> None:
 
 def test_grub_title_default_and_source() -> None:
     files = {"boot/grub/entries.cfg": "menuentry 'B' {\n linux /b\n initrd /bi\n}\n"}
-    text = "set default='B'\nmenuentry 'A' {\n linux /a\n initrd /ai\n}\nsource /boot/grub/entries.cfg\n"
+    text = (
+        "set default='B'\nmenuentry 'A' {\n linux /a\n initrd /ai\n}\n"
+        "source /boot/grub/entries.cfg\n"
+    )
     entries = parse_grub(text, "boot/grub/grub.cfg", _reader(files))
     assert [(e.label, e.default) for e in entries] == [("A", False), ("B", True)]
 

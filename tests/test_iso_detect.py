@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from _iso_helpers import (
     ALPINE_SYSLINUX,
     ANACONDA_ISOLINUX,
@@ -28,7 +29,6 @@ from _iso_helpers import (
     sha256,
 )
 from _net_helpers import serve_http
-
 from treeboot.errors import DetectionError
 from treeboot.isodetect import identify_iso, load_iso_rules, network_install_error
 from treeboot.isolocation import open_iso
@@ -37,9 +37,11 @@ from treeboot.model import Identification, Media, Verified
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def identify(path: Path, **kw: str) -> Identification:
+def identify(
+    path: Path, *, arch: str | None = None, kernel: str | None = None, initrd: str | None = None
+) -> Identification:
     with open_iso(str(path)) as loc:
-        return identify_iso(loc, **kw)
+        return identify_iso(loc, arch=arch, kernel=kernel, initrd=initrd)
 
 
 def _sha(data: bytes) -> str:
@@ -147,8 +149,12 @@ def isos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     out["debian11"] = build_iso(
         d / "debian-11.iso",
-        {"install.amd/vmlinuz": k, "install.amd/initrd.gz": i, "install.386/vmlinuz": k,
-         "install.386/initrd.gz": i},
+        {
+            "install.amd/vmlinuz": k,
+            "install.amd/initrd.gz": i,
+            "install.386/vmlinuz": k,
+            "install.386/initrd.gz": i,
+        },
         volume_id="Debian 11.5.0 amd64 n",
     )
     out["ubuntu"] = build_iso(
@@ -413,3 +419,4 @@ def test_cli_fetch_windows_says_why(tmp_path: Path) -> None:
     proc = _cli("fetch", str(fakemedia("fake-win7.iso")), "--json")
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr
+    assert "Windows" in proc.stderr and "CD-ROM" in proc.stderr

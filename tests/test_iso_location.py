@@ -8,9 +8,9 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from _iso_helpers import build_iso, debian_netinst_files, fakemedia, sha256
 from _net_helpers import ignore_range, serve_http
-
 from treeboot.errors import IsoError, LocationError, MetadataError, TreebootError, UsageError
 from treeboot.isolocation import IsoLocation, open_iso
 from treeboot.locations import open_location

@@ -10,6 +10,7 @@ serial console then shows "No network interfaces detected". The test then kills 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,10 @@ def test_injected_preseed_drives_debian_installer(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
     argv = _qemu_argv(kernel, injected, cmdline, log)
     try:
-        with reaped(argv, stdout=(tmp_path / "qemu.out").open("wb"), stderr=-2) as proc:
+        with (
+            (tmp_path / "qemu.out").open("wb") as out,
+            reaped(argv, stdout=out, stderr=subprocess.STDOUT) as proc,
+        ):
             text = wait_for(
                 log, proc, lambda t: REACHED in t or any(a in t for a in ASKED), BOOT_TIMEOUT
             )

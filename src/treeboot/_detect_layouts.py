@@ -110,7 +110,7 @@ def name_os(
     short_id, known = ctx.db.derive_short_id(distro, version)
     entry = ctx.db.get(short_id)
     name = entry.name if entry else ctx.db.derive_name(ctx.db.by_distro(distro), version)
-    if name and codename and codename.lower() not in name.lower():
+    if name and codename and not known and codename.lower() not in name.lower():
         name += f" ({codename.lower()})"
     return OsGuess(short_id, distro, name, version, known, entry)
 
@@ -177,6 +177,8 @@ def _treeinfo(ctx: Context) -> Finding | None:
         if text is not None:
             break
     else:
+        return None
+    if text.lstrip().startswith("<"):  # an HTML page served for every path: no treeinfo
         return None
     ti = parse_treeinfo(text, source)
     arch, kernel, initrd = select_images(ti, ctx.arch, ctx.rules, source)

@@ -8,6 +8,8 @@ leave HTTP (``file://``, ``ftp://``), and a loop is reported as such.
 from __future__ import annotations
 
 import re
+import ssl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -41,16 +43,36 @@ class HttpLocation(TreeLocation):
         super().__init__(tree_url(spec))
         self.timeout = timeout
         self.insecure = insecure
-        self._client = httpx.Client(
-            verify=not insecure,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=2 * MAX_PARALLEL),
-            headers={"User-Agent": f"treeboot/{__version__}", "Accept-Encoding": "identity"},
-        )
+        self._clients: dict[str, httpx.Client] = {}
+        self._clients_lock = threading.Lock()
+
+    def _client(self, url: str) -> httpx.Client:
+        """One keep-alive client per scheme; TLS trust is loaded only once https is used."""
+        scheme = urlsplit(url).scheme.lower()
+        with self._clients_lock:
+            client = self._clients.get(scheme)
+            if client is None:
+                verify: ssl.SSLContext | bool = False
+                if scheme == "https" and not self.insecure:
+                    verify = ssl.create_default_context()  # the system's CAs (SSL_CERT_FILE)
+                client = httpx.Client(
+                    verify=verify,
+                    timeout=httpx.Timeout(self.timeout),
+                    follow_redirects=False,
+                    limits=httpx.Limits(max_connections=2 * MAX_PARALLEL),
+                    headers={
+                        "User-Agent": f"treeboot/{__version__}",
+                        "Accept-Encoding": "identity",
+                    },
+                )
+                self._clients[scheme] = client
+        return client
 
     def close(self) -> None:
-        self._client.close()
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
     def _url(self, rel: str) -> str:
         return self.url + quote(rel, safe="/")
@@ -95,8 +117,8 @@ class HttpLocation(TreeLocation):
 
     def _send(self, method: str, url: str, headers: dict[str, str] | None) -> httpx.Response:
         try:
-            req = self._client.build_request(method, url, headers=headers)
-            return self._client.send(req, stream=True)
+            client = self._client(url)
+            return client.send(client.build_request(method, url, headers=headers), stream=True)
         except httpx.TimeoutException as e:
             raise LocationError(
                 f"{method} {redact(url)}: timed out after {self.timeout:g} s", hint=_NET_HINT

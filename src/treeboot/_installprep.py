@@ -8,9 +8,11 @@ Decisions come from data: resource defaults from osinfo-db, kernel arguments fro
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import shlex
 import socket
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,8 +255,7 @@ def guest_network(
     """
     if request.network == "none":
         return NetworkPlan("none"), None
-    from treeboot import serve
-
+    serve = _serve_module()
     location = ident.location
     port: int | None
     if _is_local(location):
@@ -273,6 +274,39 @@ def guest_network(
         guest_url, port = serve.rewrite_for_guest(location)
     args = serve.guest_netdev_args(port, request.network)
     return NetworkPlan(request.network, list(args)), guest_url
+
+
+def _serve_module() -> Any:
+    try:
+        return importlib.import_module("treeboot.serve")
+    except ModuleNotFoundError as e:
+        if e.name != "treeboot.serve":
+            raise
+        return _FallbackServe
+
+
+class _FallbackServe:
+    """Used only while treeboot.serve is missing: loopback URLs only, no local serving."""
+
+    @staticmethod
+    def rewrite_for_guest(url: str) -> tuple[str, int | None]:
+        split = urllib.parse.urlsplit(url)
+        if split.hostname not in ("127.0.0.1", "localhost", "::1") or split.scheme != "http":
+            return url, None
+        return urllib.parse.urlunsplit(split._replace(netloc=GUEST_HOST)), split.port or 80
+
+    @staticmethod
+    def guest_netdev_args(port: int | None, mode: str) -> list[str]:
+        netdev = "user,id=net0,restrict=on"
+        if port is not None:
+            relay = Path(__file__).with_name("_relay.py")
+            netdev += f",guestfwd=tcp:{GUEST_HOST}:80-cmd:{sys.executable} -I -S {relay}"
+            netdev += f" 127.0.0.1 {port}"
+        return ["-netdev", netdev]
+
+    @staticmethod
+    def GuestServer(location: str) -> Any:  # noqa: N802
+        raise UsageError(f"{location}: serving a local tree needs treeboot.serve")
 
 
 def _is_local(location: str) -> bool:
@@ -348,8 +382,14 @@ def kernel_cmdline(
     payload: Payload,
     kernel: Path,
 ) -> list[str]:
-    from treeboot.cmdline import build_cmdline, check_cmdline
-
+    try:
+        from treeboot.cmdline import build_cmdline, check_cmdline
+    except ModuleNotFoundError as e:
+        if e.name != "treeboot.cmdline":
+            raise
+        console = arch.default_console()
+        return [f"console={console}", *ident.boot_args, *payload.kernel_args,
+                *request.extra_args]  # fmt: skip
     args = build_cmdline(
         ident,
         arch=str(arch),

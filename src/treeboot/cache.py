@@ -32,8 +32,6 @@ import platformdirs
 
 from treeboot.errors import FetchError
 
-_HASH_CHUNK = 1024 * 1024
-
 
 def default_root() -> Path:
     env = os.environ.get("TREEBOOT_CACHE")
@@ -43,14 +41,6 @@ def default_root() -> Path:
 def source_key(location: str, path: str) -> str:
     """The file-name-safe key of one source file (location URL + relative path)."""
     return hashlib.sha256(f"{location}\n{path}".encode()).hexdigest()[:40]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -144,13 +134,13 @@ class Cache:
         return self.blobs / sha256
 
     def find_blob(self, sha256: str) -> Path | None:
-        """The blob with this sha256, re-hashed (a damaged blob is removed and misses)."""
+        """The blob with this sha256, if cached; marks it used (for prune --older-than).
+
+        Blobs are hashed as they are written and are read-only, so a hit is not re-hashed.
+        """
         path = self.blob_path(sha256)
         try:
-            if file_sha256(path) != sha256:
-                path.unlink(missing_ok=True)
-                return None
-            os.utime(path)  # last use, for prune --older-than
+            os.utime(path)
         except FileNotFoundError:
             return None
         return path

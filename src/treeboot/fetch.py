@@ -138,6 +138,10 @@ def _plans(ident: Identification, pinned: Mapping[str, str]) -> list[_Plan]:
     plans = []
     for role in ROLES:
         path = getattr(ident, role)
+        if not path and ident.extra.get("no_kernel_reason"):  # Windows/BSD media (isodetect)
+            from treeboot.isodetect import network_install_error
+
+            raise network_install_error(ident)
         if not path:
             raise DetectionError(
                 f"{ident.location}: the identification names no {role}",

@@ -272,7 +272,7 @@ class DecompressedStream:
                     return
                 yield out
         self.finished = True
-        self.consumed = read - len(dec.unused_data)
+        self.consumed = read - len(dec.unused_data or b"")  # lz4.frame: None
 
 
 @dataclass(frozen=True)
@@ -516,7 +516,8 @@ def scan_initrd_file(
     while (offset := _skip_nuls(f, offset, size)) < size:
         f.seek(offset)
         head = f.read(16)
-        kind = sniff_initrd(head)
+        # like the kernel, take "0707..." for cpio and let the header check say what is wrong
+        kind = Compression.NONE if head.startswith(b"0707") else sniff_initrd(head)
         where = f"{name}: segment {len(segments) + 1} at offset {offset}"
         if kind is None:
             what = "is not an initrd" if not segments else f"has unrecognised data at {offset}"

@@ -421,6 +421,14 @@ def read_kernel(path: Path) -> KernelImage:
         raise LocationError(f"cannot read {path}: {e.strerror}") from e
 
 
+def read_kernel_header(path: Path) -> X86Setup:
+    """The x86 setup header of the bzImage at ``path`` (KernelImageError for other formats)."""
+    image = read_kernel(path)
+    if image.x86 is None:
+        raise KernelImageError(f"{path} is {image.format}, not an x86 bzImage")
+    return image.x86
+
+
 def inspect_file(path: Path, *, max_decompressed: int | None = None) -> KernelImage | InitrdInfo:
     """What ``path`` is: a kernel image (any format above) or an initrd (with its segments)."""
     from treeboot.initrd import DEFAULT_MAX_DECOMPRESSED, scan_initrd, sniff_initrd

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING
 
 from treeboot.output import progress_enabled, stderr
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class Transfer:
@@ -45,6 +39,15 @@ class TransferProgress:
 
     def __enter__(self) -> TransferProgress:
         if self.enabled:
+            from rich.progress import (  # only on a terminal: keeps piped runs lean
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._bars = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

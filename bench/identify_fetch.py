@@ -1,0 +1,162 @@
+"""Benchmark: identify + fetch of install trees, treeboot vs virt-install vs curl.
+
+Trees (built in a temp dir): a Debian mirror tree from the real debian-installer netboot
+package (treeboot.devtree.build_debian_tree, 49 MB of kernel+initrd) and a Fedora-like
+.treeinfo tree with fake 4+16 MiB kernel/initrd. Each is served by
+../shared/tools/shaped_http.py on 127.0.0.1 with --latency-ms L and --conn-latency-ms L
+(one round trip per request and one per new connection) for L in 0, 50, 200 ms.
+
+Per tree and latency (median of --runs runs):
+
+  treeboot cold   `python -m treeboot fetch URL --json -q` with an empty cache: identify + fetch
+  treeboot warm   the same command again: must transfer zero image bytes
+  treeboot xfer   in-process fetch() of an already identified tree, empty cache: transfer only
+  virt-install    `virt-install --connect test:///default --location URL --osinfo
+                  detect=on,require=off --disk none --print-xml`: virt-install detects the
+                  tree and downloads kernel+initrd to build the XML (then deletes them),
+                  without defining or booting anything
+  curl            `curl -o K URL/kernel -o I URL/initrd`: the two files, nothing else
+
+Usage: .venv/bin/python bench/identify_fetch.py [--runs 3] [--latencies 0,50,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from treeboot.cache import Cache
+from treeboot.detect import identify
+from treeboot.devtree import build_debian_tree, build_treeinfo_tree
+from treeboot.fetch import fetch
+
+SHAPED = Path(__file__).resolve().parents[2] / "shared" / "tools" / "shaped_http.py"
+VIRT_INSTALL = [
+    "virt-install", "--connect", "test:///default", "--name", "bench", "--memory", "512",
+    "--osinfo", "detect=on,require=off", "--disk", "none", "--print-xml",
+]
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+
+    def image_bytes(self) -> int:
+        """Body bytes of every kernel/initrd GET logged so far."""
+        total = 0
+        for line in self.log.read_text().splitlines():
+            rec = json.loads(line)
+            image = any(k in rec["path"] for k in ("linux", "initrd", "vmlinuz"))
+            if rec["method"] == "GET" and image:
+                total += rec["bytes"]
+        return total
+
+    def requests(self) -> int:
+        return len(self.log.read_text().splitlines())
+
+
+@contextmanager
+def shaped(root: Path, latency_ms: int, work: Path) -> Iterator[Server]:
+    port_file, log = work / f"port-{latency_ms}", work / f"log-{latency_ms}.jsonl"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SHAPED), "--root", str(root), "--port-file", str(port_file),
+         "--log", str(log), "--latency-ms", str(latency_ms), "--conn-latency-ms", str(latency_ms)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_file.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("shaped_http.py did not start")
+            time.sleep(0.02)
+        yield Server(f"http://127.0.0.1:{port_file.read_text().strip()}/", log)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def bench_tree(name: str, rel: str, srv: Server, work: Path, runs: int) -> dict[str, float]:
+    url = srv.url + rel
+    ident = identify(url)
+    k, i = url + (ident.kernel or ""), url + (ident.initrd or "")
+    cold, warm, xfer, virt, curl = [], [], [], [], []
+    warm_bytes = 0
+    for n in range(runs):
+        cache_dir = work / f"cache-{name}-{n}"
+        env = {**os.environ, "TREEBOOT_CACHE": str(cache_dir)}
+        cli = [sys.executable, "-m", "treeboot", "-q", "fetch", url, "--json"]
+        cold.append(timed(lambda: run(cli, env)))  # noqa: B023 - called right away
+        before = srv.image_bytes()
+        warm.append(timed(lambda: run(cli, env)))  # noqa: B023
+        warm_bytes += srv.image_bytes() - before
+        xcache = Cache(work / f"xcache-{name}-{n}")
+        xfer.append(timed(lambda: fetch(ident, cache=xcache, progress=False)))  # noqa: B023
+        virt.append(timed(lambda: run([*VIRT_INSTALL, "--location", url])))
+        out = work / "curl"
+        curl_argv = ["curl", "-sSf", "-o", str(out / "k"), k, "-o", str(out / "i"), i]
+        curl.append(timed(lambda: run(curl_argv)))  # noqa: B023
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        shutil.rmtree(xcache.root, ignore_errors=True)
+    med = statistics.median
+    return {
+        "cold": med(cold), "warm": med(warm), "warm_image_bytes": warm_bytes, "xfer": med(xfer),
+        "virt": med(virt), "curl": med(curl),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latencies", default="0,50,200")
+    args = ap.parse_args()
+    for tool in ("virt-install", "curl"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found (apt-get install virtinst curl)", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="treeboot-bench-") as tmp:
+        work = Path(tmp)
+        (work / "curl").mkdir()
+        root = work / "mirror"
+        debian = build_debian_tree(root / "debian").relative_to(root).as_posix() + "/"
+        fedora = build_treeinfo_tree(root / "fedora").relative_to(root).as_posix() + "/"
+        print(f"{'tree':8} {'lat':>5}  {'treeboot':>9} {'warm':>6} {'xfer':>6} {'virt-inst':>9}"
+              f" {'curl':>6}   {'tb/virt':>7} {'xfer/curl':>9} {'warm bytes':>10}")
+        for latency in (int(x) for x in args.latencies.split(",")):
+            with shaped(root, latency, work) as srv:
+                for name, rel in (("debian", debian), ("fedora", fedora)):
+                    r = bench_tree(name, rel, srv, work, args.runs)
+                    print(
+                        f"{name:8} {latency:>3}ms  {r['cold']:>8.2f}s {r['warm']:>5.2f}s"
+                        f" {r['xfer']:>5.2f}s {r['virt']:>8.2f}s {r['curl']:>5.2f}s"
+                        f"   {r['cold'] / r['virt']:>6.2f}x {r['xfer'] / r['curl']:>8.2f}x"
+                        f" {int(r['warm_image_bytes']):>10}",
+                        flush=True,
+                    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

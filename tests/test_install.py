@@ -1,0 +1,154 @@
+"""``treeboot install`` without booting: --dry-run (golden argv), errors before QEMU starts,
+disk handling, list/console/stop on VMs that are not running."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import treeboot
+from treeboot.cli import main
+from treeboot.devtree import build_debian_tree
+
+from _net_helpers import serve_http
+from _vm_helpers import DI_KERNEL, run_treeboot, state_dir
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+TREE_PATH = "dists/bookworm/main/installer-amd64/"
+
+needs_di = pytest.mark.skipif(not DI_KERNEL.is_file(), reason="needs debian-installer netboot")
+
+
+@pytest.fixture(scope="module")
+def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mirror")
+    build_debian_tree(root)
+    return root
+
+
+@pytest.fixture
+def tree_url(debian_tree: Path) -> Iterator[str]:
+    with serve_http(debian_tree) as srv:
+        yield srv.url + TREE_PATH
+
+
+def _normalize(argv: list[str], url: str) -> list[str]:
+    home = os.environ["TREEBOOT_HOME"]
+    cache = os.environ["TREEBOOT_CACHE"]
+    port = url.split(":")[2].split("/")[0]
+    pkg = str(Path(treeboot.__file__).parent)
+    out = []
+    for arg in argv:
+        arg = arg.replace(sys.executable, "@PYTHON@").replace(pkg, "@TREEBOOT@")
+        arg = arg.replace(home, "@HOME@").replace(cache, "@CACHE@")
+        arg = re.sub(r"\b[0-9a-f]{64}\b", "@SHA256@", arg)  # blobs: depend on the d-i build
+        out.append(arg.replace(f" {port}", " @PORT@").replace(f":{port}/", ":@PORT@/"))
+    return out
+
+
+@needs_di
+def test_dry_run_prints_the_exact_command_and_starts_nothing(
+    tree_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["install", tree_url, "--name", "dry", "--accel", "tcg", "--disk", "size=4",
+               "--dry-run", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["dry_run"] is True
+    assert out["identification"]["os"] == "debian12"
+    argv = _normalize(out["argv"], tree_url)
+    golden = GOLDEN / "dry-run-debian12.argv"
+    if os.environ.get("TREEBOOT_UPDATE_GOLDEN"):
+        golden.write_text("\n".join(argv) + "\n")
+    assert argv == golden.read_text().splitlines()
+    assert not state_dir("dry").exists()  # nothing created: no disk, no state
+
+
+@needs_di
+def test_dry_run_human_output(tree_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["install", tree_url, "--name", "dryh", "--accel", "tcg", "--disk", "none",
+               "--dry-run"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "Debian 12" in out and "QEMU command:" in out and "-kernel" in out
+    assert "disk:      none" in out
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@needs_di
+def test_unreachable_location_fails_before_qemu_starts(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/{TREE_PATH}"
+    proc = run_treeboot("install", url, "--name", "unreach", "--accel", "tcg", "--disk", "none",
+                        "--kernel", str(DI_KERNEL), "--initrd", str(DI_KERNEL))  # fmt: skip
+    assert proc.returncode == 4, proc.stderr  # LocationError
+    assert f"127.0.0.1:{url.split(':')[2].split('/')[0]}" in proc.stderr
+    assert "hint:" in proc.stderr
+    assert not (state_dir("unreach") / "qemu.pid").exists()
+    assert not (state_dir("unreach") / "qemu.log").exists()
+
+
+@needs_di
+def test_unreachable_location_without_overrides(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/{TREE_PATH}"
+    proc = run_treeboot("install", url, "--name", "unreach2", "--accel", "tcg")
+    assert proc.returncode == 4, proc.stderr
+    assert "treeboot: error:" in proc.stderr
+    assert not (state_dir("unreach2") / "qemu.log").exists()
+
+
+@needs_di
+def test_existing_disk_is_never_overwritten_without_force(
+    tree_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = tmp_path / "keep.qcow2"
+    disk.write_bytes(b"precious")
+    rc = main(["install", tree_url, "--name", "keep", "--accel", "tcg",
+               "--disk", f"path={disk},size=2", "--dry-run"])  # fmt: skip
+    assert rc == 2
+    assert "would be overwritten" in capsys.readouterr().err
+    assert disk.read_bytes() == b"precious"
+    # Without size= the image is used as it is.
+    rc = main(["install", tree_url, "--name", "keep", "--accel", "tcg",
+               "--disk", f"path={disk}", "--dry-run", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert out["plan"]["disk"]["create"] is False
+    assert out["plan"]["disk"]["format"] == "raw"
+
+
+@needs_di
+def test_initrd_inject_and_extra_args_in_plan(
+    tree_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = tmp_path / "preseed.cfg"
+    extra.write_text("d-i debian-installer/locale string en_US\n")
+    rc = main(["install", tree_url, "--name", "inj", "--accel", "tcg", "--disk", "none",
+               "--initrd-inject", str(extra), "--extra-args", "foo=1 'bar=a b'",
+               "--dry-run", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    plan = out["plan"]
+    assert plan["initrd"] == str(state_dir("inj") / "initrd.img")
+    assert plan["temp_files"] == [plan["initrd"]]
+    assert {"foo=1", "bar=a b"} <= set(plan["cmdline"])
+    assert not Path(plan["initrd"]).exists()  # dry run: not written
+
+
+def test_list_console_stop_on_unknown_vm(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stop", "no-such-vm"]) == 2
+    assert "no VM named" in capsys.readouterr().err
+    assert main(["console", "no-such-vm"]) == 2
+    assert main(["list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert all(vm["name"] != "no-such-vm" for vm in listed)

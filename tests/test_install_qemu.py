@@ -1,0 +1,231 @@
+"""``treeboot install`` booting real guests under TCG: the Debian installer, a tiny installer
+that powers off (-> phase 2 from the disk), panics, time limits, Ctrl-C, background VMs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _net_helpers import serve_http
+from _vm_helpers import (
+    DI_KERNEL,
+    FIRSTBOOT_MARKER,
+    INSTALLER_MARKER,
+    Reaper,
+    busybox_initrd,
+    firstboot_disk,
+    needs_qemu,
+    pid_gone,
+    run_treeboot,
+    start_treeboot,
+    state_dir,
+    status,
+    vm_reaper,
+    wait_for_console,
+    wait_for_status,
+)
+
+from treeboot.devtree import build_debian_tree
+
+pytestmark = [pytest.mark.qemu, needs_qemu]
+__all__ = ["vm_reaper"]  # the fixture, imported for pytest
+
+TREE_PATH = "dists/bookworm/main/installer-amd64/"
+PROMPT = "Select a language"
+TCG = ("--accel", "tcg")
+
+
+@pytest.fixture(scope="module")
+def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mirror")
+    build_debian_tree(root)
+    return root
+
+
+@pytest.fixture
+def tree_url(debian_tree: Path) -> Iterator[str]:
+    with serve_http(debian_tree) as srv:
+        yield srv.url + TREE_PATH
+
+
+def _install_json(proc_stdout: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads(proc_stdout)
+    return data
+
+
+def _assert_reaped(result: dict[str, object]) -> None:
+    phases = result["result"]["phases"]  # type: ignore[index]
+    for phase in phases:  # type: ignore[attr-defined]
+        if phase["qemu_pid"]:
+            assert pid_gone(phase["qemu_pid"])
+
+
+# -- the real Debian installer ------------------------------------------------------------
+
+
+def test_debian_installer_reaches_prompt_over_loopback_http(
+    tree_url: str, vm_reaper: Reaper
+) -> None:
+    name = vm_reaper.vm("di-http")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, "--disk", "none",
+                        "--wait-for", PROMPT, "--wait", "400", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = _install_json(proc.stdout)
+    assert out["result"]["outcome"] == "wait-for-matched"  # type: ignore[index]
+    assert PROMPT in (state_dir(name) / "console.log").read_text(errors="replace")
+    assert "restrict=on" in " ".join(out["argv"])  # type: ignore[arg-type]
+    _assert_reaped(out)
+    assert status(name)["state"] == "stopped"
+
+
+def test_debian_installer_from_local_directory(debian_tree: Path, vm_reaper: Reaper) -> None:
+    """A local tree is served to the guest by treeboot's own HTTP server."""
+    name = vm_reaper.vm("di-dir")
+    proc = run_treeboot("install", str(debian_tree / TREE_PATH), "--name", name, *TCG,
+                        "--disk", "none", "--wait-for", PROMPT, "--wait", "400",
+                        "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = _install_json(proc.stdout)
+    assert out["result"]["outcome"] == "wait-for-matched"  # type: ignore[index]
+    assert "guestfwd=tcp:10.0.2.100:80" in " ".join(out["argv"])  # type: ignore[arg-type]
+    _assert_reaped(out)
+
+
+# -- a tiny installer: phase 2, panic, time limit -------------------------------------------
+
+
+def _tiny(tmp_path: Path, script: str) -> list[str]:
+    initrd = busybox_initrd(tmp_path / "initrd.cpio", script)
+    return ["--kernel", str(DI_KERNEL), "--initrd", str(initrd)]
+
+
+def test_installer_poweroff_starts_phase2_from_the_disk(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    disk = firstboot_disk(tmp_path / "disk.img")
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\npoweroff -f\n")
+    name = vm_reaper.vm("phase2")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny,
+                        "--disk", f"path={disk}", "--network", "none", "--wait", "300",
+                        "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = _install_json(proc.stdout)
+    phases = out["result"]["phases"]  # type: ignore[index]
+    assert [(p["phase"], p["outcome"]) for p in phases] == [
+        ("install", "installer-finished"),
+        ("firstboot", "powered-off"),
+    ]
+    install_argv, firstboot_argv = phases[0]["argv"], phases[1]["argv"]
+    assert "-kernel" in install_argv and "-no-reboot" in install_argv
+    assert "-kernel" not in firstboot_argv and "-initrd" not in firstboot_argv
+    assert any(str(disk) in a for a in firstboot_argv)
+    log = (state_dir(name) / "console.log").read_text(errors="replace")
+    assert log.index(INSTALLER_MARKER) < log.index(FIRSTBOOT_MARKER)  # the disk booted after
+    _assert_reaped(out)
+
+
+def test_no_reboot_skips_phase2(tree_url: str, tmp_path: Path, vm_reaper: Reaper) -> None:
+    disk = firstboot_disk(tmp_path / "disk.img")
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\npoweroff -f\n")
+    name = vm_reaper.vm("noreboot")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--no-reboot",
+                        "--disk", f"path={disk}", "--network", "none", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    phases = _install_json(proc.stdout)["result"]["phases"]  # type: ignore[index]
+    assert [p["outcome"] for p in phases] == ["installer-finished"]
+    assert FIRSTBOOT_MARKER not in (state_dir(name) / "console.log").read_text(errors="replace")
+
+
+def test_guest_panic_has_its_own_exit_code(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    tiny = _tiny(tmp_path, "echo c > /proc/sysrq-trigger\nsleep 600\n")
+    name = vm_reaper.vm("panic")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                        "--network", "none", "--wait", "300", "--json")  # fmt: skip
+    assert proc.returncode == 10, proc.stderr
+    out = _install_json(proc.stdout)
+    assert out["result"]["outcome"] == "guest-panicked"  # type: ignore[index]
+    _assert_reaped(out)
+
+
+def test_time_limit_stops_the_vm(tree_url: str, tmp_path: Path, vm_reaper: Reaper) -> None:
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\nsleep 600\n")
+    name = vm_reaper.vm("slow")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                        "--network", "none", "--wait", "20", "--json")  # fmt: skip
+    assert proc.returncode == 11, proc.stderr
+    out = _install_json(proc.stdout)
+    assert out["result"]["outcome"] == "timed-out"  # type: ignore[index]
+    _assert_reaped(out)
+
+
+# -- signals and background VMs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_qemu_and_keeps_disk_and_log(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper, sig: signal.Signals, code: int
+) -> None:
+    extra = tmp_path / "extra.cfg"
+    extra.write_text("injected\n")
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\nsleep 600\n")
+    name = vm_reaper.vm(f"sig{int(sig)}")
+    proc = start_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "size=1",
+                          "--initrd-inject", str(extra), "--network", "none")  # fmt: skip
+    vm_reaper.pids.append(proc.pid)
+    try:
+        st = wait_for_status(name, lambda s: s.get("state") == "running" and s.get("qemu_pid"))
+        qemu_pid = st["qemu_pid"]
+        wait_for_console(name, INSTALLER_MARKER)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert pid_gone(qemu_pid)
+    assert (state_dir(name) / "disk.qcow2").exists()
+    assert INSTALLER_MARKER in (state_dir(name) / "console.log").read_text(errors="replace")
+    assert not (state_dir(name) / "initrd.img").exists()  # temporary: removed
+    assert not (state_dir(name) / "qemu.pid").exists()
+    assert status(name)["state"] == "stopped"
+
+
+def test_background_vm_list_console_stop(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\nsleep 600\n")
+    name = vm_reaper.vm("bg")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                        "--network", "none", "--wait", "0", "--json", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert _install_json(proc.stdout)["result"]["outcome"] == "running-in-background"  # type: ignore[index]
+    st = status(name)
+    qemu_pid, watcher_pid = st["qemu_pid"], st["watcher_pid"]
+    vm_reaper.pids += [qemu_pid, watcher_pid]
+    assert not pid_gone(qemu_pid)
+
+    listed = json.loads(run_treeboot("list", "--json").stdout)
+    mine = next(vm for vm in listed if vm["name"] == name)
+    assert mine["state"] == "running" and mine["qemu_pid"] == qemu_pid
+
+    wait_for_console(name, INSTALLER_MARKER)
+    shown = run_treeboot("console", name, "--no-follow")
+    assert INSTALLER_MARKER in shown.stdout
+
+    stopped = run_treeboot("stop", name, "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["state"] == "stopped"
+    deadline = time.monotonic() + 30
+    while not (pid_gone(qemu_pid) and pid_gone(watcher_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_gone(qemu_pid) and pid_gone(watcher_pid)
+    assert status(name)["outcome"] == "stopped"
+    assert os.path.exists(state_dir(name) / "console.log")
