@@ -6,11 +6,12 @@ package (treeboot.devtree.build_debian_tree, 49 MB of kernel+initrd) and a Fedor
 ../shared/tools/shaped_http.py on 127.0.0.1 with --latency-ms L and --conn-latency-ms L
 (one round trip per request and one per new connection) for L in 0, 50, 200 ms.
 
-Per tree and latency (median of --runs runs):
+Per tree and latency (median of --runs runs; wall time, and the CPU time of the command):
 
   treeboot cold   `python -m treeboot fetch URL --json -q` with an empty cache: identify + fetch
   treeboot warm   the same command again: must transfer zero image bytes
   treeboot xfer   in-process fetch() of an already identified tree, empty cache: transfer only
+                  (hashing and fsync included; curl does neither)
   virt-install    `virt-install --connect test:///default --location URL --osinfo
                   detect=on,require=off --disk none --print-xml`: virt-install detects the
                   tree and downloads kernel+initrd to build the XML (then deletes them),
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -88,10 +90,14 @@ def shaped(root: Path, latency_ms: int, work: Path) -> Iterator[Server]:
         proc.wait(10)
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall time, and CPU time (user+sys) of the child processes fn ran."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def run(argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -102,29 +108,34 @@ def bench_tree(name: str, rel: str, srv: Server, work: Path, runs: int) -> dict[
     url = srv.url + rel
     ident = identify(url)
     k, i = url + (ident.kernel or ""), url + (ident.initrd or "")
-    cold, warm, xfer, virt, curl = [], [], [], [], []
+    times: dict[str, list[tuple[float, float]]] = {
+        "cold": [], "warm": [], "xfer": [], "virt": [], "curl": []
+    }
     warm_bytes = 0
+    # One cache dir for the CLI runs: its osinfo index is built once (a one-time cost per
+    # host); "cold" empties the download cache (blobs, index, partials) before each run.
+    cache = Cache(work / f"cache-{name}")
+    env = {**os.environ, "TREEBOOT_CACHE": str(cache.root)}
+    cli = [sys.executable, "-m", "treeboot", "-q", "fetch", url, "--json"]
+    run(cli, env)
     for n in range(runs):
-        cache_dir = work / f"cache-{name}-{n}"
-        env = {**os.environ, "TREEBOOT_CACHE": str(cache_dir)}
-        cli = [sys.executable, "-m", "treeboot", "-q", "fetch", url, "--json"]
-        cold.append(timed(lambda: run(cli, env)))  # noqa: B023 - called right away
+        cache.prune(everything=True)
+        times["cold"].append(timed(lambda: run(cli, env)))
         before = srv.image_bytes()
-        warm.append(timed(lambda: run(cli, env)))  # noqa: B023
+        times["warm"].append(timed(lambda: run(cli, env)))
         warm_bytes += srv.image_bytes() - before
         xcache = Cache(work / f"xcache-{name}-{n}")
-        xfer.append(timed(lambda: fetch(ident, cache=xcache, progress=False)))  # noqa: B023
-        virt.append(timed(lambda: run([*VIRT_INSTALL, "--location", url])))
+        times["xfer"].append(timed(lambda: fetch(ident, cache=xcache, progress=False)))  # noqa: B023
+        shutil.rmtree(xcache.root, ignore_errors=True)
+        times["virt"].append(timed(lambda: run([*VIRT_INSTALL, "--location", url])))
         out = work / "curl"
         curl_argv = ["curl", "-sSf", "-o", str(out / "k"), k, "-o", str(out / "i"), i]
-        curl.append(timed(lambda: run(curl_argv)))  # noqa: B023
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        shutil.rmtree(xcache.root, ignore_errors=True)
-    med = statistics.median
-    return {
-        "cold": med(cold), "warm": med(warm), "warm_image_bytes": warm_bytes, "xfer": med(xfer),
-        "virt": med(virt), "curl": med(curl),
-    }
+        times["curl"].append(timed(lambda: run(curl_argv)))  # noqa: B023
+    result: dict[str, float] = {"warm_image_bytes": warm_bytes}
+    for key, samples in times.items():
+        result[key] = statistics.median(w for w, _ in samples)
+        result[key + "_cpu"] = statistics.median(c for _, c in samples)
+    return result
 
 
 def main() -> int:
@@ -142,17 +153,21 @@ def main() -> int:
         root = work / "mirror"
         debian = build_debian_tree(root / "debian").relative_to(root).as_posix() + "/"
         fedora = build_treeinfo_tree(root / "fedora").relative_to(root).as_posix() + "/"
-        print(f"{'tree':8} {'lat':>5}  {'treeboot':>9} {'warm':>6} {'xfer':>6} {'virt-inst':>9}"
-              f" {'curl':>6}   {'tb/virt':>7} {'xfer/curl':>9} {'warm bytes':>10}")
+        print(
+            f"{'tree':7} {'lat':>5} | {'treeboot':>8} {'warm':>6} {'xfer':>6} {'virt-inst':>9}"
+            f" {'curl':>6} | {'tb/virt':>7} {'xfer/curl':>9} | {'tb cpu':>6} {'virt cpu':>8}"
+            f" | {'warm image bytes':>16}"
+        )
         for latency in (int(x) for x in args.latencies.split(",")):
             with shaped(root, latency, work) as srv:
                 for name, rel in (("debian", debian), ("fedora", fedora)):
                     r = bench_tree(name, rel, srv, work, args.runs)
                     print(
-                        f"{name:8} {latency:>3}ms  {r['cold']:>8.2f}s {r['warm']:>5.2f}s"
+                        f"{name:7} {latency:>3}ms | {r['cold']:>7.2f}s {r['warm']:>5.2f}s"
                         f" {r['xfer']:>5.2f}s {r['virt']:>8.2f}s {r['curl']:>5.2f}s"
-                        f"   {r['cold'] / r['virt']:>6.2f}x {r['xfer'] / r['curl']:>8.2f}x"
-                        f" {int(r['warm_image_bytes']):>10}",
+                        f" | {r['cold'] / r['virt']:>6.2f}x {r['xfer'] / r['curl']:>8.2f}x"
+                        f" | {r['cold_cpu']:>5.2f}s {r['virt_cpu']:>7.2f}s"
+                        f" | {int(r['warm_image_bytes']):>16}",
                         flush=True,
                     )
     return 0

@@ -1,12 +1,17 @@
-"""Helpers for the detection tests: fixture paths, small tree builders, request-round analysis."""
+"""Helpers for the detection tests: fixture paths, small tree builders, a batching HTTP server."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import pytest
 
@@ -79,28 +84,109 @@ def treeinfo(
     return "\n".join(lines) + "\n"
 
 
-class _Timed(Protocol):
-    @property
-    def t0(self) -> float: ...
+@dataclass
+class BatchedRequest:
+    batch: int
+    method: str
+    path: str
+    status: int = 0
+    timed_out: bool = False
+
+
+class _BatchingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, root: Path, sizes: Sequence[int], timeout: float) -> None:
+        super().__init__(("127.0.0.1", 0), _BatchingHandler)
+        self.root = root
+        self.sizes = list(sizes)
+        self.timeout = timeout
+        self.cond = threading.Condition()
+        self.batch = 0
+        self.arrived = 0
+        self.log: list[BatchedRequest] = []
+
+    def join_batch(self, method: str, path: str) -> BatchedRequest:
+        """Hold the request until its whole batch has arrived, then answer.
+
+        Batch ``k`` is the next ``sizes[k]`` requests (one request per batch after the
+        listed ones). A client that sends a round's requests together fills the batch no
+        matter how its threads are scheduled; one that waits for an answer before sending
+        the next request leaves the batch unfilled, and the request is answered only after
+        ``timeout`` seconds with ``timed_out`` set.
+        """
+        with self.cond:
+            rec = BatchedRequest(self.batch, method, path)
+            self.log.append(rec)
+            self.arrived += 1
+            size = self.sizes[rec.batch] if rec.batch < len(self.sizes) else 1
+            if self.arrived >= size:
+                self.batch, self.arrived = self.batch + 1, 0
+                self.cond.notify_all()
+            elif not self.cond.wait_for(lambda: self.batch > rec.batch, self.timeout):
+                rec.timed_out = True
+        return rec
+
+
+class _BatchingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _BatchingServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        rec = self.server.join_batch(self.command, path)
+        fspath = self.server.root / path.lstrip("/")
+        ok = ".." not in Path(path).parts and fspath.is_file()
+        body = fspath.read_bytes() if ok else b"not found\n"
+        rec.status = 200 if ok else 404
+        self.send_response(rec.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+
+@dataclass
+class BatchingHTTP:
+    url: str
+    server: _BatchingServer
 
     @property
-    def t1(self) -> float: ...
+    def log(self) -> list[BatchedRequest]:
+        with self.server.cond:
+            return list(self.server.log)
+
+    def batches(self) -> list[list[str]]:
+        """Paths per batch, in arrival order."""
+        out: dict[int, list[str]] = {}
+        for r in self.log:
+            out.setdefault(r.batch, []).append(r.path)
+        return [out[k] for k in sorted(out)]
+
+    def timed_out(self) -> list[str]:
+        return [r.path for r in self.log if r.timed_out]
 
 
-def sequential_rounds(requests: Sequence[_Timed]) -> int:
-    """The longest chain of requests each starting after the previous one finished.
-
-    Requests sent concurrently overlap and count once; a request that had to wait for an
-    answer before it could be sent adds a round. Measured on the server's own timestamps,
-    so it does not depend on how fast the machine is.
-    """
-    depth: list[int] = []
-    ordered = sorted(requests, key=lambda r: r.t0)
-    for i, r in enumerate(ordered):
-        before = [depth[j] for j in range(i) if ordered[j].t1 <= r.t0]
-        depth.append(1 + max(before, default=0))
-    return max(depth, default=0)
-
-
-def paths_of(requests: Iterable[object], prefix: str) -> list[str]:
-    return [str(getattr(r, "path", ""))[len(prefix) :] for r in requests]
+@contextmanager
+def serve_batched(
+    root: Path, sizes: Sequence[int], *, timeout: float = 5.0
+) -> Iterator[BatchingHTTP]:
+    """A loopback HTTP server answering in batches of ``sizes`` (see ``join_batch``)."""
+    server = _BatchingServer(root, sizes, timeout)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield BatchingHTTP(f"http://127.0.0.1:{server.server_address[1]}/", server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import pytest
 
-from tests._detect_helpers import fixture, mirror_copy, sha256, treeinfo, write_tree
-from tests._net_helpers import serve_http
+from _detect_helpers import fixture, mirror_copy, sha256, treeinfo, write_tree
+from _net_helpers import serve_http
 from treeboot.detect import identify
 from treeboot.devtree import DI_IMAGES, build_debian_tree
 from treeboot.model import Verified

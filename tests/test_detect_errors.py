@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._detect_helpers import fixture, treeinfo, write_tree
+from _detect_helpers import fixture, treeinfo, write_tree
 from treeboot.detect import identify, identify_location
 from treeboot.errors import DetectionError, MetadataError, UsageError
 from treeboot.locations import open_location

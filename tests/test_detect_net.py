@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests._detect_helpers import fixture, sequential_rounds, write_tree
-from tests._net_helpers import serve_http
+from _detect_helpers import fixture, serve_batched, write_tree
+from _net_helpers import serve_http
 from treeboot._rules import load_rules
 from treeboot.detect import identify
 from treeboot.devtree import DI_IMAGES, build_debian_tree, build_treeinfo_tree
 
 pytestmark = pytest.mark.network
 
-LATENCY = 0.2  # seconds added to every request: a far-away mirror
+ROUND1 = len(load_rules().probe_reads) + len(load_rules().probe_exists)
 
 
 def _debian(root: Path) -> str:
@@ -41,29 +41,36 @@ def _alpine(root: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    ("build", "os_id", "rounds"),
-    [(_debian, "debian12", 2), (_fedora, "fedora39", 1), (_suse, "opensuse13.2", 1),
-     (_alpine, "alpinelinux3.19", 2)],
+    ("build", "os_id", "followups"),
+    [(_debian, "debian12", 2), (_fedora, "fedora39", 0), (_suse, "opensuse13.2", 0),
+     (_alpine, "alpinelinux3.19", 9)],
     ids=["debian", "fedora", "suse", "alpine"],
 )
 def test_known_layouts_take_at_most_two_rounds(
-    tmp_path: Path, build: object, os_id: str, rounds: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, build: object, os_id: str, followups: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Round 1 (every probe) and round 2 (the follow-ups) each arrive as one batch.
+
+    The server answers nothing of a round until all of its requests are in: a client that
+    probed one file after another would stall on the first request instead.
+    """
     monkeypatch.setattr("treeboot._detect_layouts.platform.machine", lambda: "x86_64")
     assert callable(build)
     rel = build(tmp_path)
-    with serve_http(tmp_path, latency=LATENCY) as srv:
+    sizes = [ROUND1, followups] if followups else [ROUND1]
+    with serve_batched(tmp_path, sizes) as srv:
         ident = identify(srv.url + rel)
-        log = srv.log
+        batches, late = srv.batches(), srv.timed_out()
     assert ident.os == os_id
-    assert sequential_rounds(log) == rounds == ident.extra["rounds"]
-    paths = [r.path for r in log]
+    assert late == [], "requests that had to wait for an earlier answer"
+    assert [len(b) for b in batches] == sizes
+    assert len(batches) == ident.extra["rounds"] <= 2
+    paths = [p for b in batches for p in b]
     assert len(paths) == len(set(paths)), "a file was requested twice"
-    # round 1 is every probe of the rule table, sent together: all overlap the first answer
-    first_answer = min(r.t1 for r in log)
-    round1 = {r.path[len("/" + rel) :] for r in log if r.t0 < first_answer}
     rules = load_rules()
-    assert set(rules.probe_reads) | set(rules.probe_exists) <= round1
+    assert {p[len("/" + rel) :] for p in batches[0]} == set(rules.probe_reads) | set(
+        rules.probe_exists
+    )
     assert identify(str(tmp_path / rel)).kernel == ident.kernel  # same answer as locally
 
 
@@ -74,3 +81,16 @@ def test_probe_results_are_reused_not_refetched(tmp_path: Path) -> None:
         ident = identify(srv.url + "mageia/")
         gets = srv.requests(path="/mageia/VERSION")
     assert ident.os == "mageia8" and len(gets) == 1
+
+
+def test_the_batching_server_counts_a_serial_client_correctly(tmp_path: Path) -> None:
+    """The measuring tool itself: three reads one after another are three rounds."""
+    from treeboot.locations import open_location
+
+    write_tree(tmp_path, {"a": "1", "b": "2"})
+    with serve_batched(tmp_path, [3, 3], timeout=0.2) as srv, open_location(srv.url) as loc:
+        for p in ("a", "b", "c"):
+            loc.read(p)
+        loc.read_many(["d", "e", "f"])
+        assert srv.timed_out() == ["/a", "/b"]  # "c" completed the batch they were waiting for
+        assert [len(b) for b in srv.batches()] == [3, 3]

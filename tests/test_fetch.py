@@ -102,7 +102,8 @@ def ident_for(location: str, tree: Path, **kw: Any) -> Identification:
 
 
 def image_gets(srv: LoopbackHTTP) -> list[str]:
-    return [r.path for r in srv.requests("GET") if "/images/" in r.path]
+    images = ("/vmlinuz", "/initrd.img", "/linux", "/initrd.gz")
+    return [r.path for r in srv.requests("GET") if r.path.endswith(images)]
 
 
 def cache_files(cache: Cache) -> dict[str, list[str]]:
@@ -478,3 +479,33 @@ def test_prune_while_fetching(tree: Path, cache: Cache) -> None:
         t.join(60)
     assert len(report.busy) >= 1
     assert done and done[0].initrd.path.exists() and done[0].verified == Verified.SHA256
+
+
+# -- integration with the real detection, on a tree built from the debian-installer package ------
+
+
+@pytest.fixture(scope="module")
+def debian_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    from treeboot.devtree import DI_IMAGES, build_debian_tree
+
+    if not (DI_IMAGES / "amd64" / "text").is_dir():
+        pytest.skip("debian-installer-12-netboot-amd64 is not installed")
+    root = tmp_path_factory.mktemp("debmirror")
+    tree = build_debian_tree(root)
+    return root, tree.relative_to(root).as_posix() + "/"
+
+
+def test_identify_and_fetch_debian_tree(debian_mirror: tuple[Path, str], cache: Cache) -> None:
+    pytest.importorskip("treeboot.detect")
+    root, rel = debian_mirror
+    package = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
+    with serve_http(root, latency=0.02) as srv:
+        first = fetch(srv.url + rel, cache=cache, progress=False)
+        assert first.identification.os == "debian12"
+        assert first.verified == Verified.SHA256 and first.bytes_downloaded > 40_000_000
+        assert first.kernel.path.read_bytes() == (package / "linux").read_bytes()
+        assert first.initrd.path.read_bytes() == (package / "initrd.gz").read_bytes()
+        srv.clear()
+        second = fetch(srv.url + rel, cache=cache, progress=False)
+        assert second.from_cache and second.bytes_downloaded == 0
+        assert not [r for r in srv.log if r.path.endswith(("/linux", "/initrd.gz"))]

@@ -22,6 +22,7 @@ from _unattended_helpers import (
 )
 from treeboot.errors import UnattendedError
 from treeboot.unattended import (
+    KINDS,
     REDACTED,
     UnattendedOptions,
     UnattendedPayload,
@@ -32,6 +33,8 @@ from treeboot.unattended import (
     write_seed_iso,
 )
 from treeboot.unattended._crypt import sha512_crypt
+from treeboot.unattended._template import load_families, load_template
+from treeboot.unattended.options import PROFILES
 from treeboot.unattended.validate import validate_kickstart
 
 INSTALLERS = {
@@ -270,6 +273,20 @@ def test_redact() -> None:
         f"{REDACTED} again"
     )
     assert redact("nothing", []) == "nothing"
+    assert redact(json.dumps({"k": 'a"b\\c'}), ['a"b\\c']) == f'{{"k": "{REDACTED}"}}'
+
+
+def test_families_table_is_complete() -> None:
+    families = load_families()
+    assert sorted(families["installer"]) == sorted(INSTALLERS)
+    for entry in families["installer"].values():
+        assert entry["kind"] in KINDS
+        assert entry.get("delivery", "initrd") in ("initrd", "cidata")
+        assert all(a and " " not in a for a in entry["kernel_args"])
+    for kind in KINDS:
+        assert load_template(families["kind"][kind]["template"])
+        for profile in PROFILES:
+            assert "default" in families["packages"][kind][profile]
 
 
 def test_preseed_passes_debconf_checkonly(tmp_path: Path) -> None:

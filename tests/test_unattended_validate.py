@@ -158,7 +158,8 @@ def test_autoinstall_warnings_and_interactive_identity() -> None:
          "sshpw --username=x pw2\nbootloader --password=grubpw\n# rootpw commented\n",
          ["$6$a$b", "grubpw", "pw2", "p1"]),
         ("preseed", "d-i passwd/user-password-crypted password $6$c\n"
-         "d-i passwd/root-password password r00t\nd-i x/y string z\n", ["$6$c", "r00t"]),
+         "d-i passwd/root-password password r00t\nd-i x/y string z\n"
+            "d-i user-setup/allow-password-weak boolean true\n", ["$6$c", "r00t"]),
         ("autoyast", "<profile><user_password>hunter2</user_password><password>!</password>"
          "<reg_code>REG-1</reg_code></profile>", ["hunter2", "REG-1"]),
         ("autoinstall", "#cloud-config\nautoinstall:\n  identity: {password: '$6$q'}\n"

@@ -429,27 +429,32 @@ def read_kernel_header(path: Path) -> X86Setup:
     return image.x86
 
 
+def _holds_image(f: BinaryIO, kind: Compression, name: str) -> bool:
+    """Whether the compressed stream in ``f`` starts with an arm64/RISC-V Image header."""
+    head = b""
+    for chunk in DecompressedStream(f, kind, limit=_HEAD, where=name).chunks():
+        head += chunk
+        if len(head) >= 64:
+            break
+    return _image_kind(head) is not None
+
+
 def inspect_file(path: Path, *, max_decompressed: int | None = None) -> KernelImage | InitrdInfo:
     """What ``path`` is: a kernel image (any format above) or an initrd (with its segments)."""
     from treeboot.initrd import DEFAULT_MAX_DECOMPRESSED, scan_initrd, sniff_initrd
 
-    limit = max_decompressed or DEFAULT_MAX_DECOMPRESSED
     try:
         with open(path, "rb") as f:
-            head = f.read(64)
+            kind = sniff_initrd(f.read(64))
+            f.seek(0)
+            is_image = kind not in (None, Compression.NONE, Compression.LZO) and _holds_image(
+                f, kind, str(path)
+            )
     except OSError as e:
         raise LocationError(f"cannot read {path}: {e.strerror}") from e
-    kind = sniff_initrd(head)
-    if kind is Compression.NONE or kind is Compression.LZO:
-        return scan_initrd(path, max_decompressed=limit)
-    if kind is not None:
-        try:
-            return read_kernel(path)  # Image.gz and friends
-        except KernelImageError as e:
-            if "does not hold an arm64 or RISC-V Image" not in e.message:
-                raise
-        return scan_initrd(path, max_decompressed=limit)
-    return read_kernel(path)
+    if kind is None or is_image:
+        return read_kernel(path)
+    return scan_initrd(path, max_decompressed=max_decompressed or DEFAULT_MAX_DECOMPRESSED)
 
 
 # QEMU 7.2 pc_machine_class_init: ACPI tables (0x20000) + 0x8000 shared with option ROMs;
@@ -484,7 +489,8 @@ def predict_fw_cfg(
     - cmdline: at 0x20000, ``cmdline_size`` = bytes + 1 (the NUL);
     - initrd: ``initrd_max`` = 0xFFFFFFFF if xloadflags has XLF_CAN_BE_LOADED_ABOVE_4G, else the
       header's initrd_addr_max (0x37FFFFFF before protocol 2.03); lowered to
-      below_4g_mem_size - ACPI_DATA_SIZE - 1 when it reaches that; the initrd goes at
+      below_4g_mem_size - ACPI_DATA_SIZE - 1 when it reaches that (ACPI_DATA_SIZE is 0x28000,
+      160 KiB, on QEMU 7.2's pc and q35 machines); the initrd goes at
       ``(initrd_max - initrd_size) & ~4095``. QEMU refuses an initrd of initrd_max bytes or
       more: BootError here. QEMU's x86 ``-initrd`` takes exactly one file.
     """
@@ -506,7 +512,12 @@ def predict_fw_cfg(
     below = below_4g_mem_size(memory_mib, machine)
     if initrd_max >= below - ACPI_DATA_SIZE:
         initrd_max = below - ACPI_DATA_SIZE - 1
-    initrd_size = initrd_path.stat().st_size if initrd_path else None
+    try:
+        initrd_size = initrd_path.stat().st_size if initrd_path else None
+    except OSError as e:
+        raise LocationError(f"cannot read {initrd_path}: {e.strerror}") from e
+    if initrd_size is not None and proto < 0x200:
+        raise BootError(f"{kernel_path} is too old (boot protocol {x.boot_protocol}) for an initrd")
     if initrd_size is not None and initrd_size >= initrd_max:
         raise BootError(
             f"the initrd {initrd_path} ({initrd_size} bytes) does not fit below {initrd_max:#x}"

@@ -1,15 +1,13 @@
 """Unattended installs: generate (or load) the installer's own file and say how to pass it.
 
-Families, by :attr:`treeboot.model.Identification.installer`:
+Families, by :attr:`treeboot.model.Identification.installer` (installer: kind, kernel arguments,
+delivery):
 
-========================  ===========  ==============================  =========
-installer                 kind         kernel arguments                delivery
-========================  ===========  ==============================  =========
-anaconda                  kickstart    ``inst.ks=file:/ks.cfg``        initrd
-debian-installer          preseed      ``auto=true priority=critical``  initrd
-linuxrc                   autoyast     ``autoyast=file:///autoinst.xml``  initrd
-subiquity                 autoinstall  ``autoinstall ds=nocloud``      CIDATA
-========================  ===========  ==============================  =========
+* anaconda: kickstart ``ks.cfg``, ``inst.ks=file:/ks.cfg``, initrd
+* debian-installer: preseed ``preseed.cfg``, ``auto=true priority=critical``, initrd
+* linuxrc: AutoYaST ``autoinst.xml``, ``autoyast=file:///autoinst.xml``, initrd
+* subiquity: autoinstall ``user-data`` + ``meta-data``, ``autoinstall ds=nocloud``, a CIDATA
+  volume (:func:`write_seed_iso`)
 
 The table itself lives in ``templates/families.toml``.
 """

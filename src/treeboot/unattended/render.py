@@ -92,8 +92,11 @@ def _size(data: bytes | Path) -> int:
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """Replace every occurrence of each secret (longest first) with ``********``."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+    """Replace every occurrence of each secret (longest first, also JSON-escaped) with
+    ``********``."""
+    forms = {s for s in secrets if s}
+    forms |= {json.dumps(s)[1:-1] for s in forms}  # as it appears inside JSON strings
+    for secret in sorted(forms, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
 

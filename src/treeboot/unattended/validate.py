@@ -309,7 +309,7 @@ def _preseed_secrets(text: str) -> list[str]:
     found = []
     for _, line in preseed_lines(text):
         parsed = parse_preseed_line(line)
-        if parsed and (parsed[2] == "password" or "password" in parsed[1]):
+        if parsed and (parsed[2] == "password" or parsed[1].endswith("-crypted")):
             found.append(parsed[3])
     return found
 
