@@ -77,6 +77,7 @@ def shaped(root: Path, latency_ms: int, work: Path) -> Iterator[Server]:
         [sys.executable, str(SHAPED), "--root", str(root), "--port-file", str(port_file),
          "--log", str(log), "--latency-ms", str(latency_ms), "--conn-latency-ms", str(latency_ms)],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # tracebacks of clients that hang up (virt-install's)
     )
     try:
         deadline = time.monotonic() + 10

@@ -96,9 +96,12 @@ class BatchedRequest:
 class _BatchingServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root: Path, sizes: Sequence[int], timeout: float) -> None:
+    def __init__(
+        self, root: Path, sizes: Sequence[int], timeout: float, soft_404: bytes | None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _BatchingHandler)
         self.root = root
+        self.soft_404 = soft_404
         self.sizes = list(sizes)
         self.timeout = timeout
         self.cond = threading.Condition()
@@ -146,8 +149,8 @@ class _BatchingHandler(BaseHTTPRequestHandler):
         rec = self.server.join_batch(self.command, path)
         fspath = self.server.root / path.lstrip("/")
         ok = ".." not in Path(path).parts and fspath.is_file()
-        body = fspath.read_bytes() if ok else b"not found\n"
-        rec.status = 200 if ok else 404
+        body = fspath.read_bytes() if ok else self.server.soft_404 or b"not found\n"
+        rec.status = 200 if ok or self.server.soft_404 else 404
         self.send_response(rec.status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -178,10 +181,14 @@ class BatchingHTTP:
 
 @contextmanager
 def serve_batched(
-    root: Path, sizes: Sequence[int], *, timeout: float = 5.0
+    root: Path, sizes: Sequence[int] = (), *, timeout: float = 5.0, soft_404: bytes | None = None
 ) -> Iterator[BatchingHTTP]:
-    """A loopback HTTP server answering in batches of ``sizes`` (see ``join_batch``)."""
-    server = _BatchingServer(root, sizes, timeout)
+    """A loopback HTTP server answering in batches of ``sizes`` (see ``join_batch``).
+
+    With ``soft_404``, a missing file is answered "200 OK" with that page, like some
+    mirrors and captive portals do.
+    """
+    server = _BatchingServer(root, sizes, timeout, soft_404)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:

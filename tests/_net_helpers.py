@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -198,6 +199,14 @@ class _Server(ThreadingHTTPServer):
         self.routes: dict[str, Route] = {}
         self.conns = 0
         self.stopping = threading.Event()
+        self.errors: list[str] = []
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up (TLS refused, aborted transfers) are expected: keep stderr clean.
+        import traceback
+
+        with self.lock:
+            self.errors.append(traceback.format_exc(limit=1))
 
 
 @dataclass
@@ -323,9 +332,11 @@ class LoopbackFTP:
 @contextmanager
 def serve_ftp(root: Path) -> Iterator[LoopbackFTP]:
     """Anonymous read-only FTP server (pyftpdlib) for ``root`` on 127.0.0.1."""
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
-    from pyftpdlib.servers import ThreadedFTPServer
+    with warnings.catch_warnings():  # pyftpdlib 2 still imports asyncore/asynchat
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.servers import ThreadedFTPServer
 
     ftplog = logging.getLogger("pyftpdlib")
     if not ftplog.handlers:  # else pyftpdlib installs its own stderr handler at INFO

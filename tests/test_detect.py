@@ -337,3 +337,14 @@ def test_suse_products_tree(tmp_path: Path) -> None:
     assert (ident.os, ident.known_to_database, ident.arch) == (
         "opensusetumbleweed", True, "aarch64")
     assert ident.kernel == "boot/aarch64/linux" and ident.installer == "linuxrc"
+
+
+def test_multiarch_content_on_another_host_prefers_x86_64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("treeboot._detect_layouts.platform.machine", lambda: "riscv64")
+    assert identify(str(fixture("opensuse/11.4"))).arch == "x86_64"  # offers i586 and x86_64
+
+
+def test_iso_images_go_to_the_iso_helper() -> None:
+    iso = fixture("../fakemedia/fake-f26-netinst.iso")
+    ident = identify(str(iso))
+    assert (ident.media, ident.os) == ("iso", "fedora26")

@@ -12,10 +12,11 @@ from _net_helpers import serve_http
 from treeboot._rules import load_rules
 from treeboot.detect import identify
 from treeboot.devtree import DI_IMAGES, build_debian_tree, build_treeinfo_tree
+from treeboot.errors import DetectionError
 
 pytestmark = pytest.mark.network
 
-ROUND1 = len(load_rules().probe_reads) + len(load_rules().probe_exists)
+ROUND1 = len(load_rules().probe_reads) + len(load_rules().probe_exists) + 1  # + the canary
 
 
 def _debian(root: Path) -> str:
@@ -68,9 +69,9 @@ def test_known_layouts_take_at_most_two_rounds(
     paths = [p for b in batches for p in b]
     assert len(paths) == len(set(paths)), "a file was requested twice"
     rules = load_rules()
-    assert {p[len("/" + rel) :] for p in batches[0]} == set(rules.probe_reads) | set(
-        rules.probe_exists
-    )
+    assert {p[len("/" + rel) :] for p in batches[0]} == {
+        *rules.probe_reads, *rules.probe_exists, rules.probe_canary
+    }
     assert identify(str(tmp_path / rel)).kernel == ident.kernel  # same answer as locally
 
 
@@ -94,3 +95,24 @@ def test_the_batching_server_counts_a_serial_client_correctly(tmp_path: Path) ->
         loc.read_many(["d", "e", "f"])
         assert srv.timed_out() == ["/a", "/b"]  # "c" completed the batch they were waiting for
         assert [len(b) for b in srv.batches()] == [3, 3]
+
+
+SOFT_404 = b"<html><body><h1>Welcome!</h1>Nothing here.</body></html>\n"
+
+
+def test_soft_404_server_still_identifies_real_metadata(tmp_path: Path) -> None:
+    shutil.copytree(fixture("fedora/30"), tmp_path / "f30")
+    with serve_batched(tmp_path, soft_404=SOFT_404) as srv:
+        ident = identify(srv.url + "f30/")
+    assert (ident.os, ident.kernel) == ("fedora30", "images/pxeboot/vmlinuz")
+
+
+@pytest.mark.parametrize("files", [{}, {"arch/boot/x86_64/vmlinuz-linux": b"k"}],
+                         ids=["empty", "marker-only"])
+def test_soft_404_server_is_not_every_layout_at_once(
+    tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    """Existence checks prove nothing when every path answers 200: no false positive."""
+    write_tree(tmp_path / "t", files)
+    with serve_batched(tmp_path, soft_404=SOFT_404) as srv, pytest.raises(DetectionError):
+        identify(srv.url + "t/")

@@ -391,8 +391,11 @@ def test_ftp_unreachable(tree: Path) -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    with pytest.raises(LocationError, match="cannot open FTP session"):
-        open_location(f"ftp://127.0.0.1:{port}/tree/", timeout=2)
+    with (
+        open_location(f"ftp://127.0.0.1:{port}/tree/", timeout=2) as loc,
+        pytest.raises(LocationError, match="cannot open FTP session"),
+    ):
+        loc.read(".treeinfo")
 
 
 def test_threads_share_one_location(tree: Path, http: LoopbackHTTP) -> None:

@@ -154,7 +154,7 @@ def host_arch(rules: Rules) -> str:
 
 
 def pick_arch(ctx: Context, offered: Sequence[str], where: str) -> str:
-    """The requested arch if offered, else the only one, the host's, or the first listed."""
+    """The requested arch if offered, else the host's, x86_64, or the first listed."""
     if ctx.arch:
         if offered and ctx.arch not in offered:
             raise DetectionError(
@@ -164,8 +164,7 @@ def pick_arch(ctx: Context, offered: Sequence[str], where: str) -> str:
         return ctx.arch
     if not offered:
         return ctx.need_arch(None, where)
-    host = host_arch(ctx.rules)
-    return host if host in offered else offered[0]
+    return next((a for a in (host_arch(ctx.rules), "x86_64") if a in offered), offered[0])
 
 
 # -- .treeinfo ----------------------------------------------------------------------------------

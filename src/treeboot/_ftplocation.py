@@ -53,7 +53,6 @@ class FtpLocation(TreeLocation):
         self.timeout = timeout
         self._idle: list[ftplib.FTP] = []
         self._pool_lock = threading.Lock()
-        self._release(self._connect())  # fail early on a bad host or login
 
     def _connect(self) -> ftplib.FTP:
         try:

@@ -90,6 +90,7 @@ class Rules:
     suites: Mapping[str, str]
     probe_reads: tuple[str, ...]
     probe_exists: tuple[str, ...]
+    probe_canary: str
     di_trees: tuple[DiTree, ...]
     di_kernels: KernelTable
     disk_info: tuple[PatternRule, ...]
@@ -180,6 +181,7 @@ def load_rules() -> Rules:
         suites=dict(d["suites"]),
         probe_reads=tuple(t["probe"]["read"]),
         probe_exists=tuple(t["probe"]["exists"]),
+        probe_canary=t["probe"]["canary"],
         di_trees=tuple(DiTree(**x) for x in t["di_trees"]),
         di_kernels=_table(t["di_kernels"]),
         disk_info=_patterns(t["disk_info"]),

@@ -143,6 +143,8 @@ class Cache:
             os.utime(path)
         except FileNotFoundError:
             return None
+        except OSError:  # e.g. a cache shared read-only: the blob is still good
+            return path if path.is_file() else None
         return path
 
     def lookup(self, location: str, path: str) -> IndexEntry | None:
@@ -294,7 +296,10 @@ def cache_write_error(e: OSError, root: Path) -> FetchError:
 def _flock(path: Path, mode: int, blocking: bool) -> int | None:
     """Open+flock ``path``; retry if it was unlinked and recreated meanwhile (prune)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise cache_write_error(e, path.parent) from e
         try:
             fcntl.flock(fd, mode | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:

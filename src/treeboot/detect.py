@@ -64,27 +64,35 @@ class Probe:
     round; errors are kept per path and raised only when a layout asks for that path.
     """
 
-    def __init__(self, loc: Location, max_size: int = META_MAX) -> None:
+    def __init__(self, loc: Location, max_size: int = META_MAX, canary: str | None = None) -> None:
         self.loc = loc
         self.max_size = max_size
+        self.canary = canary
         self.rounds = 0
         self.tried: list[str] = []
         self._data: dict[str, bytes | TreebootError | None] = {}
         self._exists: dict[str, bool | TreebootError] = {}
 
+    @property
+    def soft_404(self) -> bytes | None:
+        """The page the server sends for files that do not exist (None: it answers 404)."""
+        page = self._data.get(self.canary) if self.canary else None
+        return page if isinstance(page, bytes) else None
+
     def fetch(self, reads: Iterable[str] = (), exists: Iterable[str] = ()) -> None:
+        reads = [*reads, self.canary] if self.canary and not self.rounds else reads
         todo_r = [p for p in dict.fromkeys(reads) if p not in self._data]
         todo_e = [p for p in dict.fromkeys(exists) if p not in self._exists and p not in self._data]
         if not todo_r and not todo_e:
             return
         self.rounds += 1
-        self.tried += [p for p in todo_r + todo_e if p not in self.tried]
+        self.tried += [p for p in todo_r + todo_e if p not in self.tried and p != self.canary]
         chunks = [todo_r[i : i + MAX_PARALLEL] for i in range(0, len(todo_r), MAX_PARALLEL)]
         with ThreadPoolExecutor(max_workers=min(_WORKERS, len(chunks) + len(todo_e))) as pool:
-            for chunk in chunks:
-                pool.submit(self._read_chunk, chunk)
-            for p in todo_e:
-                pool.submit(self._check, p)
+            jobs = [pool.submit(self._read_chunk, chunk) for chunk in chunks]
+            jobs += [pool.submit(self._check, p) for p in todo_e]
+        for job in jobs:
+            job.result()  # a bug in a worker is a bug, not "file absent"
 
     def _read_chunk(self, paths: list[str]) -> None:
         try:
@@ -108,6 +116,8 @@ class Probe:
         value = self._data.get(path)
         if isinstance(value, TreebootError):
             raise value
+        if value is not None and value == self.soft_404:
+            return None
         return value
 
     def text(self, path: str) -> str | None:
@@ -115,7 +125,9 @@ class Probe:
         return None if data is None else decode(data)
 
     def exists(self, path: str) -> bool:
-        if self._data.get(path) is not None and not isinstance(self._data[path], Exception):
+        if self.soft_404 is not None:
+            return self.data(path) is not None  # HEAD says yes to everything here
+        if isinstance(self._data.get(path), bytes):
             return True
         value = self._exists.get(path, False)
         if isinstance(value, TreebootError):
@@ -174,7 +186,7 @@ def identify_tree(
     rules = load_rules()
     overrides = _check_overrides(kernel, initrd)
     want = rules.norm_arch(arch) if arch else None
-    probe = Probe(loc)
+    probe = Probe(loc, canary=rules.probe_canary)
     probe.fetch(rules.probe_reads, rules.probe_exists)
     ctx = Context(loc.url, probe, rules, db or load_osinfo(), want)
     try:

@@ -266,7 +266,7 @@ def fetch_file(
     level = verified or (Verified.SHA256 if exp else Verified.NONE)
     cache = cache or Cache()
     cache.ensure()
-    transfer = transfer or Transfer(None, None)
+    transfer = transfer or Transfer()
 
     def done(blob: Path, from_cache: bool, nbytes: int) -> FetchedArtifact:
         path = _place(blob, link_to) if link_to else blob

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -13,16 +12,16 @@ if TYPE_CHECKING:
 
 
 class Transfer:
-    """One bar; a no-op if its :class:`TransferProgress` is disabled."""
+    """One download's bar, shown from :meth:`start` on; a no-op without bars."""
 
-    def __init__(self, bars: Progress | None, task: TaskID | None) -> None:
+    def __init__(self, bars: Progress | None = None, label: str = "") -> None:
         self._bars = bars
-        self._task = task
+        self._label = label
+        self._task: TaskID | None = None
 
     def start(self, total: int | None, completed: int = 0) -> None:
-        if self._bars is not None and self._task is not None:
-            self._bars.update(self._task, total=total, completed=completed)
-            self._bars.start_task(self._task)
+        if self._bars is not None:
+            self._task = self._bars.add_task(self._label, total=total, completed=completed)
 
     def advance(self, n: int) -> None:
         if self._bars is not None and self._task is not None:
@@ -34,8 +33,7 @@ class TransferProgress:
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = progress_enabled() if enabled is None else enabled
-        self._bars: Progress | None = None
-        self._lock = threading.Lock()
+        self.bars: Progress | None = None
 
     def __enter__(self) -> TransferProgress:
         if self.enabled:
@@ -48,7 +46,7 @@ class TransferProgress:
                 TransferSpeedColumn,
             )
 
-            self._bars = Progress(
+            self.bars = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 DownloadColumn(),
@@ -57,18 +55,16 @@ class TransferProgress:
                 console=stderr,
                 transient=False,
             )
-            self._bars.start()
+            self.bars.start()
         return self
 
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._bars is not None:
-            self._bars.stop()
-            self._bars = None
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
 
     def transfer(self, label: str) -> Transfer:
-        if self._bars is None:
-            return Transfer(None, None)
-        with self._lock:
-            return Transfer(self._bars, self._bars.add_task(label, start=False, total=None))
+        """A bar for one file; it appears only if the file is actually transferred."""
+        return Transfer(self.bars, label)

@@ -80,7 +80,9 @@ def parse_treeinfo(text: str, source: str = ".treeinfo") -> TreeInfo:
         cp.read_string(text, source)
     except configparser.Error as e:
         first = str(e).splitlines()[0]
-        if isinstance(e, configparser.ParsingError) and getattr(e, "errors", None):
+        if isinstance(e, configparser.MissingSectionHeaderError):
+            first = f"line {e.lineno}: {e.line.strip()[:80]!r} comes before any [section]"
+        elif isinstance(e, configparser.ParsingError) and getattr(e, "errors", None):
             lineno, line = e.errors[0]
             first = f"line {lineno}: {line[:80]} is neither a [section] nor key = value"
         raise MetadataError(
