@@ -447,7 +447,8 @@ def guest_netdev_args(
 
     ``mode`` "user": restricted user-mode networking (DHCP, no route out) plus, with a
     ``server_port``, the guestfwd 10.0.2.100:80 -> 127.0.0.1:``server_port``. "none": no NIC.
-    ``device_model`` (e.g. "virtio-net-pci", "e1000") adds ``-device MODEL,netdev=net0``;
+    ``device_model`` (a QEMU device string such as "virtio-net-pci,romfile=" or "e1000") adds
+    ``-device MODEL,netdev=net0``;
     None leaves the device to the caller (the QEMU backend knows the bus, MAC and ROM).
     """
     if mode == "none":
@@ -469,7 +470,7 @@ def guest_netdev_args(
         netdev += f",guestfwd=tcp:{GUEST_HOST}:{GUEST_PORT}-cmd:{_qemu_opt(cmd)}"
     args = ["-netdev", netdev]
     if device_model:
-        args += ["-device", f"{_qemu_opt(device_model)},netdev={NETDEV_ID}"]
+        args += ["-device", f"{device_model},netdev={NETDEV_ID}"]
     return args
 
 
