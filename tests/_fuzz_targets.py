@@ -184,6 +184,23 @@ def _osinfo_db() -> Any:
     return load_osinfo()
 
 
+def _treeinfo_and_images(mod: Any, data: bytes) -> object:
+    """Parse, then pick the images as detection does (path checks included)."""
+    from treeboot._rules import load_rules
+
+    ti = mod.parse_treeinfo(data.decode("utf-8", errors="replace"))
+    for arch in (None, "x86_64", "aarch64"):
+        with contextlib.suppress(TreebootErrorType()):
+            mod.select_images(ti, arch, load_rules())
+    return ti
+
+
+def TreebootErrorType() -> type[Exception]:  # noqa: N802 - reads like the class it returns
+    from treeboot.errors import TreebootError
+
+    return TreebootError
+
+
 def call_iso(mod: Any, data: bytes) -> object:
     with tempfile.NamedTemporaryFile(suffix=".iso") as f:
         f.write(data)
@@ -219,37 +236,38 @@ TARGETS: list[Target] = [
         "treeinfo", "treeboot.treeinfo",
         lambda: inputs(corpus("*/*/.treeinfo", "*/.treeinfo"),
                        ini_document(TREEINFO_SECTIONS, TREEINFO_KEYS)),
-        lambda m, d: m.parse_treeinfo(d),
-    ),
-    Target(
-        "isometa-disk-info", "treeboot._isometa",
-        lambda: inputs(corpus("*/*/.disk/info"), disk_info_document()),
-        lambda m, d: m.parse_disk_info(text(d)),
-    ),
-    Target(
-        "isometa-suse-content", "treeboot._isometa",
-        lambda: inputs(corpus("*/*/content", "*/content"), keyvalue_document(CONTENT_KEYS)),
-        lambda m, d: m.parse_suse_content(text(d)),
-    ),
-    Target(
-        "isometa-checksum-list", "treeboot._isometa",
-        lambda: inputs([b"0" * 64 + b"  ./linux\n"], manifest_document()),
-        lambda m, d: m.parse_checksum_list(text(d), "sha256"),
+        lambda m, d: _treeinfo_and_images(m, d),
     ),
     Target(
         "metadata-manifest", "treeboot.metadata",
         lambda: inputs(corpus("*/*/*/*/*/*/MANIFEST", "*/*/*/MANIFEST"), manifest_document()),
-        lambda m, d: m.parse_manifest(d),
+        lambda m, d: m.parse_manifest(m.decode(d)),
+    ),
+    Target(
+        "metadata-sha256sums", "treeboot.metadata",
+        lambda: inputs([b"a" * 64 + b"  ./netboot/linux\n"], manifest_document()),
+        lambda m, d: m.parse_sha256sums(m.decode(d)),
     ),
     Target(
         "metadata-suse-content", "treeboot.metadata",
         lambda: inputs(corpus("*/*/content", "*/content"), keyvalue_document(CONTENT_KEYS)),
-        lambda m, d: m.parse_suse_content(d),
+        lambda m, d: m.parse_suse_content(m.decode(d)),
+    ),
+    Target(
+        "metadata-suse-products", "treeboot.metadata",
+        lambda: inputs(corpus("*/*/content"), keyvalue_document(CONTENT_KEYS)),
+        lambda m, d: m.parse_suse_products(m.decode(d)),
     ),
     Target(
         "metadata-disk-info", "treeboot.metadata",
         lambda: inputs(corpus("*/*/.disk/info"), disk_info_document()),
-        lambda m, d: m.parse_disk_info(d),
+        lambda m, d: m.parse_disk_info(m.decode(d)),
+    ),
+    Target(
+        "metadata-version", "treeboot.metadata",
+        lambda: inputs(corpus("*/*/VERSION", "*/VERSION"), keyvalue_document(["VERSION", "="])),
+        lambda m, d: (m.parse_version_info(m.decode(d)), m.parse_mageia_version(m.decode(d)),
+                      m.parse_one_version(m.decode(d))),
     ),
     # signature chain files
     Target(

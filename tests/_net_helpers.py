@@ -12,7 +12,7 @@
 The HTTP server serves ``root`` like a mirror: GET and HEAD, keep-alive, single byte ranges
 (206/416), If-Range, ETag/Last-Modified, a 301 to the trailing-slash form of directories.
 Route helpers make the hostile or broken servers tests need: :func:`redirect`, :func:`stall`,
-:func:`endless`, :func:`drop_after`, :func:`ignore_range`.
+:func:`endless`, :func:`drip`, :func:`drop_after`, :func:`ignore_range`.
 """
 
 from __future__ import annotations
@@ -297,6 +297,21 @@ def endless(chunk: bytes = b"x" * CHUNK, *, declare_length: int | None = None) -
     return route
 
 
+def drip(body: bytes, interval: float) -> Route:
+    """Send ``body`` one byte every ``interval`` seconds (never long enough for a timeout)."""
+
+    def route(h: Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for i in range(len(body)):
+            if h.server.stopping.wait(interval):
+                break
+            h.write(body[i : i + 1])
+
+    return route
+
+
 def drop_after(fspath: Path, nbytes: int, times: int = 1) -> Route:
     """Serve ``fspath`` but cut the connection after ``nbytes`` of body, the first ``times``."""
     left = [times]
@@ -353,12 +368,17 @@ def serve_ftp(root: Path) -> Iterator[LoopbackFTP]:
 
     _Handler.authorizer = authorizer
     server = ThreadedFTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"timeout": 0.05, "blocking": True}, daemon=True
-    )
+    stop = threading.Event()
+
+    def loop() -> None:  # close_all() from the loop's own thread: no poll on a closed fd
+        while not stop.is_set():
+            server.serve_forever(timeout=0.05, blocking=False)
+        server.close_all()
+
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     try:
         yield LoopbackFTP(f"ftp://127.0.0.1:{server.address[1]}/", retrieved)
     finally:
-        server.close_all()
+        stop.set()
         thread.join(5)

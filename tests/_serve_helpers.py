@@ -93,19 +93,26 @@ def modules_from_di_initrd(wanted: Sequence[str]) -> dict[str, bytes]:
 def build_net_initrd(dest: Path, commands: str, *, modules: Sequence[str] = VIRTIO_NET) -> Path:
     """An initrd whose /init loads ``modules``, configures eth0 with DHCP, runs ``commands``
     (busybox sh) with output on the console, then powers off."""
-    mods = modules_from_di_initrd(modules)
     loads = "\n".join(f"insmod /mods/{Path(m).name}" for m in modules)
+    net = f"""{loads}
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -n -q -t 5 -T 2 -s /udhcpc.sh >/dev/null 2>&1 || echo DHCP-FAILED
+echo "NET: $(ip -4 addr show dev eth0 | grep inet)"
+"""
+    return build_busybox_initrd(dest, net + commands, modules=modules)
+
+
+def build_busybox_initrd(dest: Path, commands: str, *, modules: Sequence[str] = ()) -> Path:
+    """An initrd with busybox, ``modules`` under /mods and an /init that runs ``commands``,
+    prints INIT-DONE and powers off."""
+    mods = modules_from_di_initrd(modules) if modules else {}
     init = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
-{loads}
-ip link set lo up
-ip link set eth0 up
-udhcpc -i eth0 -n -q -t 5 -T 2 -s /udhcpc.sh >/dev/null 2>&1 || echo DHCP-FAILED
-echo "NET: $(ip -4 addr show dev eth0 | grep inet)"
 {commands}
 echo INIT-DONE
 poweroff -f

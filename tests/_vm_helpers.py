@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,8 @@ FIRSTBOOT_MARKER = "TREEBOOT-FIRSTBOOT-OK"
 #   msg: .asciz "TREEBOOT-FIRSTBOOT-OK\r\n"; .org 510; .word 0xaa55
 _BOOT_CODE = bytes.fromhex("fa31c08ed8be1d7cbaf803ac84c07403eeebf8ba0406b80020eff4ebfd")
 
+_APPLETS = ("sh", "mount", "poweroff", "sleep", "echo", "cat")
+
 needs_qemu = pytest.mark.skipif(
     not (DI_KERNEL.is_file() and BUSYBOX.is_file()),
     reason="needs debian-installer-12-netboot-amd64 and busybox-static",
@@ -56,8 +59,7 @@ def busybox_initrd(dest: Path, script: str) -> Path:
         CpioEntry.directory("sys"),
         CpioEntry.char_device("dev/console", 5, 1),
         CpioEntry.file("bin/busybox", BUSYBOX, 0o755),
-        *[CpioEntry.symlink(f"bin/{cmd}", "busybox")
-          for cmd in ("sh", "mount", "poweroff", "sleep", "echo", "cat")],  # fmt: skip
+        *[CpioEntry.symlink(f"bin/{cmd}", "busybox") for cmd in _APPLETS],
         CpioEntry.file("init", init.encode(), 0o755),
     ]
     dest.write_bytes(build_newc(entries))
@@ -142,10 +144,8 @@ def reap_pids(pids: list[int]) -> None:
         except OSError:
             continue
         if b"qemu-system" in cmdline or b"treeboot" in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class Reaper:

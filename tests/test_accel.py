@@ -80,7 +80,7 @@ def test_foreign_guest_arch_means_tcg(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(not Path("/dev/kvm").exists(), reason="needs /dev/kvm")
 def test_verdict_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TREEBOOT_CACHE", str(tmp_path))
-    monkeypatch.setattr(accel.os, "access", lambda *a: True)
+    monkeypatch.setattr("treeboot.accel.os.access", lambda *a: True)
     calls: list[Accel] = []
 
     def fake_canary(a: Accel, *, timeout: float) -> accel.AccelChoice:

@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from _net_helpers import LoopbackHTTP, drop_after, ignore_range, serve_ftp, serve_http
+from _net_helpers import (
+    LoopbackHTTP,
+    drop_after,
+    endless,
+    ignore_range,
+    serve_ftp,
+    serve_http,
+)
 from treeboot.cache import Cache
 from treeboot.devtree import build_treeinfo_tree
 from treeboot.errors import ChecksumMismatch, FetchError, SignatureError, UsageError
@@ -311,6 +318,16 @@ def test_fetch_file_in_threads_downloads_once(tree: Path, cache: Cache) -> None:
         assert len(srv.requests("GET", "/" + INITRD)) == 1
     assert len(results) == 4 and len({r.path for r in results}) == 1
     assert sum(not r.from_cache for r in results) == 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("declared", [None, 1 << 40])
+def test_endless_artifact_is_refused(tree: Path, cache: Cache, declared: int | None) -> None:
+    with serve_http(tree) as srv, open_location(srv.url) as loc:
+        srv.route("/" + INITRD, endless(declare_length=declared))
+        with pytest.raises(FetchError, match="larger than 3000000 bytes"):
+            fetch_file(loc, INITRD, published(tree)[INITRD], cache=cache, max_size=3_000_000)
+    assert list(cache.tmp.iterdir()) == [] and list(cache.blobs.iterdir()) == []
 
 
 # -- full disk ---------------------------------------------------------------------------------

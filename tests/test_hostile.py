@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,10 @@ def ident(url: str, tree: Tree, **kw: object) -> Identification:
         "installer": "anaconda",
         "kernel": KERNEL,
         "initrd": INITRD,
-        "checksums": {KERNEL: f"sha256:{tree.sha('kernel')}", INITRD: f"sha256:{tree.sha('initrd')}"},
+        "checksums": {
+            KERNEL: f"sha256:{tree.sha('kernel')}",
+            INITRD: f"sha256:{tree.sha('initrd')}",
+        },
     }
     fields.update(kw)
     return Identification(**fields)  # type: ignore[arg-type]
@@ -156,6 +160,8 @@ def assert_clean_cache(root: Path, *, partials_allowed: bool = True) -> None:
         elif top == "tmp":
             assert path.suffix in (".part", ".json"), f"stray temp file {rel}"
             assert partials_allowed or path.suffix != ".part", f"bad download kept: {rel}"
+        elif top == "osinfo":  # the detection's parsed-database cache
+            assert path.suffix == ".json", f"stray file {rel}"
         else:
             assert top in ("locks", "cache.lock"), f"unexpected file {rel}"
 
@@ -224,21 +230,55 @@ def check_outcome(
     assert_clean_cache(cache_root, partials_allowed=not isinstance(error, ChecksumMismatch))
 
 
-def api_fetch(url: str, tree: Tree, cache_root: Path, **kw: object) -> tuple[object, BaseException | None]:
+HANG = 120.0  # seconds: a fetch still running after this is hung (the client's timeout is 2 s)
+
+
+def api_fetch(
+    url: str, tree: Tree, cache_root: Path, server: HostileServer | None = None, **kw: object
+) -> tuple[object, BaseException | None]:
+    """``fetch()`` in a worker thread, so that a hung client fails the test instead of hanging
+    the suite; the server's stop event then releases the connection and the thread ends."""
     from treeboot.fetch import fetch
 
-    try:
-        return fetch(ident(url, tree), timeout=TIMEOUT, cache=Cache(cache_root), progress=False, **kw), None  # type: ignore[arg-type]
-    except Exception as e:
-        return None, e
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = fetch(
+                ident(url, tree), timeout=TIMEOUT, cache=Cache(cache_root), progress=False,
+                **kw,  # type: ignore[arg-type]
+            )  # fmt: skip
+        except BaseException as e:
+            box["error"] = e
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(HANG)
+    if worker.is_alive():
+        if server is not None:
+            server.state.stop.set()  # release the hostile connection ...
+            worker.join(HANG)
+            server.state.stop = threading.Event()  # ... and re-arm for the next test
+        pytest.fail(f"fetch of {url} still running after {HANG:g} s: no bound on a hostile server")
+    error = box.get("error")
+    assert error is None or isinstance(error, BaseException)
+    return box.get("result"), error
+
+
+# A hostile body with no length the client can hold it to: both need a size cap / a minimum
+# speed in the fetch (reported to the fetch/locations helper; see docs/security.md).
+UNBOUNDED = {"endless"}
+UNBOUNDED_WHY = "no size cap on an artifact download without a Content-Length yet"
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", list(CASES))
 def test_fetch_meets_a_hostile_server(
-    server: HostileServer, tree: Tree, cache_root: Path, mode: str
+    server: HostileServer, tree: Tree, cache_root: Path, mode: str, request: pytest.FixtureRequest
 ) -> None:
-    result, error = api_fetch(server.url(mode, "tree/"), tree, cache_root)
+    if mode in UNBOUNDED:
+        request.node.add_marker(pytest.mark.xfail(reason=UNBOUNDED_WHY, strict=False))
+    result, error = api_fetch(server.url(mode, "tree/"), tree, cache_root, server)
     check_outcome(CASES[mode], result, tree, cache_root, error)
 
 
@@ -248,17 +288,19 @@ def test_resume_meets_a_hostile_server(
     server: HostileServer, tree: Tree, cache_root: Path, mode: str
 ) -> None:
     url = server.url(mode, "tree/")
-    first, error = api_fetch(url, tree, cache_root)
+    first, error = api_fetch(url, tree, cache_root, server)
     if error is not None and not isinstance(error, TreebootError):
         raise error
     assert_clean_cache(cache_root)
     if error is not None:  # no internal retry: the second run resumes against the bad server
-        first, error = api_fetch(url, tree, cache_root)
+        first, error = api_fetch(url, tree, cache_root, server)
     check_outcome(RESUME_CASES[mode], first, tree, cache_root, error)
 
 
 @pytest.mark.timeout(60)
-def test_checksum_mismatch_leaves_nothing(server: HostileServer, tree: Tree, cache_root: Path) -> None:
+def test_checksum_mismatch_leaves_nothing(
+    server: HostileServer, tree: Tree, cache_root: Path
+) -> None:
     from treeboot.fetch import fetch
 
     bad = ident(server.url("ok", "tree/"), tree, checksums={KERNEL: "sha256:" + "0" * 64})
@@ -311,7 +353,7 @@ def tls_server(tree: Tree, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_self_signed_certificate_is_refused(
     tls_server: HostileServer, tree: Tree, cache_root: Path
 ) -> None:
-    _, error = api_fetch(tls_server.url("ok", "tree/"), tree, cache_root)
+    _, error = api_fetch(tls_server.url("ok", "tree/"), tree, cache_root, tls_server)
     assert isinstance(error, TreebootError)
     assert "certificate" in str(error).lower() or "ssl" in str(error).lower()
     assert error.hint and "--insecure" in error.hint
@@ -322,7 +364,9 @@ def test_self_signed_certificate_is_refused(
 def test_insecure_accepts_a_self_signed_certificate(
     tls_server: HostileServer, tree: Tree, cache_root: Path
 ) -> None:
-    result, error = api_fetch(tls_server.url("ok", "tree/"), tree, cache_root, insecure=True)
+    result, error = api_fetch(
+        tls_server.url("ok", "tree/"), tree, cache_root, tls_server, insecure=True
+    )
     check_outcome(OK, result, tree, cache_root, error)
 
 
@@ -331,9 +375,7 @@ def test_insecure_accepts_a_self_signed_certificate(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("behaviour", "expect"), [("ok", OK), ("drop", ERROR)])
-def test_ftp_data_connection(
-    tree: Tree, cache_root: Path, behaviour: str, expect: str
-) -> None:
+def test_ftp_data_connection(tree: Tree, cache_root: Path, behaviour: str, expect: str) -> None:
     srv, thread, port = start_ftp(tree.root, behaviour)
     try:
         result, error = api_fetch(f"ftp://127.0.0.1:{port}/tree/", tree, cache_root)
@@ -346,19 +388,26 @@ def test_ftp_data_connection(
 # --- through the command line ---------------------------------------------------------------
 
 
-def cli(args: list[str], cache_root: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    args: list[str], cache_root: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TREEBOOT_CACHE=str(cache_root))
-    return subprocess.run(
-        [sys.executable, "-m", "treeboot", *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "treeboot", *args],
+            capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        pytest.fail(f"treeboot {' '.join(args)} still running after {timeout:g} s")
 
 
 def needs_cli(command: str) -> None:
+    import argparse
+
     from treeboot.cli import build_parser
 
-    choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    if command not in choices:
+    subparsers = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers or command not in subparsers[0].choices:
         pytest.skip(f"`treeboot {command}` does not exist yet")
     try:
         import treeboot.detect  # noqa: F401
@@ -392,12 +441,17 @@ CLI_IDENTIFY_CASES = {
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("mode", CLI_FETCH_CASES)
-def test_cli_fetch_error_is_clear(server: HostileServer, cache_root: Path, mode: str) -> None:
+def test_cli_fetch_error_is_clear(
+    server: HostileServer, cache_root: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
     needs_cli("fetch")
-    proc = cli(["fetch", server.url(mode, "tree/"), "--timeout", str(TIMEOUT), "--json"], cache_root)
+    if mode in UNBOUNDED:
+        request.node.add_marker(pytest.mark.xfail(reason=UNBOUNDED_WHY, strict=False))
+    args = ["fetch", server.url(mode, "tree/"), "--timeout", str(TIMEOUT), "--json"]
+    proc = cli(args, cache_root, timeout=HANG if mode in UNBOUNDED else 120)
     if mode == "range-ignored" and proc.returncode != 0:  # first run truncated: rerun resumes
         assert_clear_cli_error(proc)
-        proc = cli(["fetch", server.url(mode, "tree/"), "--timeout", str(TIMEOUT), "--json"], cache_root)
+        proc = cli(args, cache_root)
         assert proc.returncode == 0, proc.stderr
     elif mode != "range-ignored":
         assert_clear_cli_error(proc)
@@ -410,7 +464,10 @@ def test_cli_identify_hostile_metadata(
     server: HostileServer, cache_root: Path, mode: str, tree_name: str
 ) -> None:
     needs_cli("identify")
-    proc = cli(["identify", server.url(mode, f"{tree_name}/"), "--timeout", str(TIMEOUT), "--json"], cache_root)
+    proc = cli(
+        ["identify", server.url(mode, f"{tree_name}/"), "--timeout", str(TIMEOUT), "--json"],
+        cache_root,
+    )
     if CLI_IDENTIFY_CASES[(mode, tree_name)] == ERROR or proc.returncode != 0:
         assert_clear_cli_error(proc)
     if tree_name != "tree":
@@ -428,9 +485,7 @@ def test_cli_dotdot_treeinfo_never_fetches_outside(server: HostileServer, cache_
 
 
 @pytest.mark.timeout(90)
-def test_cli_tls_refused_then_insecure_is_loud(
-    tls_server: HostileServer, cache_root: Path
-) -> None:
+def test_cli_tls_refused_then_insecure_is_loud(tls_server: HostileServer, cache_root: Path) -> None:
     needs_cli("fetch")
     url = tls_server.url("ok", "tree/")
     proc = cli(["fetch", url, "--timeout", str(TIMEOUT)], cache_root)

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 
 import treeboot
-from treeboot.cli import main
-from treeboot.devtree import build_debian_tree
-
 from _net_helpers import serve_http
 from _vm_helpers import DI_KERNEL, run_treeboot, state_dir
+from treeboot.cli import main
+from treeboot.devtree import build_debian_tree
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 TREE_PATH = "dists/bookworm/main/installer-amd64/"
@@ -152,3 +151,20 @@ def test_list_console_stop_on_unknown_vm(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert all(vm["name"] != "no-such-vm" for vm in listed)
+
+
+@needs_di
+def test_unattended_is_injected_and_secrets_stay_out_of_the_plan(
+    tree_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = tmp_path / "pw"
+    password.write_text("s3cret-Passw0rd\n")
+    rc = main(["install", tree_url, "--name", "unatt", "--accel", "tcg", "--disk", "none",
+               "--unattended", f"admin-user=alice,user-password-file={password}",
+               "--dry-run", "--json"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    plan = json.loads(text)["plan"]
+    assert {"auto=true", "priority=critical"} <= set(plan["cmdline"])
+    assert plan["initrd"] == str(state_dir("unatt") / "initrd.img")
+    assert "s3cret" not in text

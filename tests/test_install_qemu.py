@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
 from _net_helpers import serve_http
 from _vm_helpers import (
     DI_KERNEL,
@@ -25,11 +29,11 @@ from _vm_helpers import (
     start_treeboot,
     state_dir,
     status,
+    treeboot_argv,
     vm_reaper,
     wait_for_console,
     wait_for_status,
 )
-
 from treeboot.devtree import build_debian_tree
 
 pytestmark = [pytest.mark.qemu, needs_qemu]
@@ -53,14 +57,14 @@ def tree_url(debian_tree: Path) -> Iterator[str]:
         yield srv.url + TREE_PATH
 
 
-def _install_json(proc_stdout: str) -> dict[str, object]:
-    data: dict[str, object] = json.loads(proc_stdout)
+def _install_json(proc_stdout: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(proc_stdout)
     return data
 
 
-def _assert_reaped(result: dict[str, object]) -> None:
-    phases = result["result"]["phases"]  # type: ignore[index]
-    for phase in phases:  # type: ignore[attr-defined]
+def _assert_reaped(result: dict[str, Any]) -> None:
+    phases = result["result"]["phases"]
+    for phase in phases:
         if phase["qemu_pid"]:
             assert pid_gone(phase["qemu_pid"])
 
@@ -76,9 +80,9 @@ def test_debian_installer_reaches_prompt_over_loopback_http(
                         "--wait-for", PROMPT, "--wait", "400", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = _install_json(proc.stdout)
-    assert out["result"]["outcome"] == "wait-for-matched"  # type: ignore[index]
+    assert out["result"]["outcome"] == "wait-for-matched"
     assert PROMPT in (state_dir(name) / "console.log").read_text(errors="replace")
-    assert "restrict=on" in " ".join(out["argv"])  # type: ignore[arg-type]
+    assert "restrict=on" in " ".join(out["argv"])
     _assert_reaped(out)
     assert status(name)["state"] == "stopped"
 
@@ -91,8 +95,8 @@ def test_debian_installer_from_local_directory(debian_tree: Path, vm_reaper: Rea
                         "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = _install_json(proc.stdout)
-    assert out["result"]["outcome"] == "wait-for-matched"  # type: ignore[index]
-    assert "guestfwd=tcp:10.0.2.100:80" in " ".join(out["argv"])  # type: ignore[arg-type]
+    assert out["result"]["outcome"] == "wait-for-matched"
+    assert "guestfwd=tcp:10.0.2.100:80" in " ".join(out["argv"])
     _assert_reaped(out)
 
 
@@ -115,7 +119,7 @@ def test_installer_poweroff_starts_phase2_from_the_disk(
                         "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = _install_json(proc.stdout)
-    phases = out["result"]["phases"]  # type: ignore[index]
+    phases = out["result"]["phases"]
     assert [(p["phase"], p["outcome"]) for p in phases] == [
         ("install", "installer-finished"),
         ("firstboot", "powered-off"),
@@ -136,9 +140,28 @@ def test_no_reboot_skips_phase2(tree_url: str, tmp_path: Path, vm_reaper: Reaper
     proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--no-reboot",
                         "--disk", f"path={disk}", "--network", "none", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    phases = _install_json(proc.stdout)["result"]["phases"]  # type: ignore[index]
+    phases = _install_json(proc.stdout)["result"]["phases"]
     assert [p["outcome"] for p in phases] == ["installer-finished"]
     assert FIRSTBOOT_MARKER not in (state_dir(name) / "console.log").read_text(errors="replace")
+
+
+def test_initrd_inject_and_trace_boot(tree_url: str, tmp_path: Path, vm_reaper: Reaper) -> None:
+    """An injected file reaches the guest; --trace-boot compares fw_cfg with the prediction."""
+    marker = tmp_path / "marker.txt"
+    marker.write_text("TREEBOOT-INJECTED-FILE\n")
+    tiny = _tiny(tmp_path, "cat /marker.txt\npoweroff -f\n")
+    name = vm_reaper.vm("inject")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                        "--network", "none", "--initrd-inject", str(marker), "--trace-boot",
+                        "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = _install_json(proc.stdout)
+    assert "TREEBOOT-INJECTED-FILE" in (state_dir(name) / "console.log").read_text()
+    assert out["plan"]["initrd"] == str(state_dir(name) / "initrd.img")
+    assert not (state_dir(name) / "initrd.img").exists()  # temporary
+    report = out["trace_report"]
+    assert "initrd" in report and "prediction" in report
+    assert (state_dir(name) / "fw_cfg.trace").stat().st_size > 0
 
 
 def test_guest_panic_has_its_own_exit_code(
@@ -150,7 +173,7 @@ def test_guest_panic_has_its_own_exit_code(
                         "--network", "none", "--wait", "300", "--json")  # fmt: skip
     assert proc.returncode == 10, proc.stderr
     out = _install_json(proc.stdout)
-    assert out["result"]["outcome"] == "guest-panicked"  # type: ignore[index]
+    assert out["result"]["outcome"] == "guest-panicked"
     _assert_reaped(out)
 
 
@@ -161,8 +184,37 @@ def test_time_limit_stops_the_vm(tree_url: str, tmp_path: Path, vm_reaper: Reape
                         "--network", "none", "--wait", "20", "--json")  # fmt: skip
     assert proc.returncode == 11, proc.stderr
     out = _install_json(proc.stdout)
-    assert out["result"]["outcome"] == "timed-out"  # type: ignore[index]
+    assert out["result"]["outcome"] == "timed-out"
     _assert_reaped(out)
+
+
+def test_attached_console_forwards_the_keyboard(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    """On a terminal, --console attach sends keystrokes to the guest's serial port."""
+    tiny = _tiny(tmp_path, "echo READY\nread line\necho GOT:$line\npoweroff -f\n")
+    name = vm_reaper.vm("keys")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        treeboot_argv("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                      "--network", "none", "--console", "attach", "--wait", "300"),
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    vm_reaper.pids.append(proc.pid)
+    try:
+        wait_for_console(name, "READY")
+        time.sleep(1.0)  # the shell reaches `read`
+        os.write(master, b"hello\r")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert b"GOT:hello" in out  # the live console
+    assert "GOT:hello" in (state_dir(name) / "console.log").read_text(errors="replace")
 
 
 # -- signals and background VMs -------------------------------------------------------------
@@ -206,7 +258,7 @@ def test_background_vm_list_console_stop(
     proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
                         "--network", "none", "--wait", "0", "--json", timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert _install_json(proc.stdout)["result"]["outcome"] == "running-in-background"  # type: ignore[index]
+    assert _install_json(proc.stdout)["result"]["outcome"] == "running-in-background"
     st = status(name)
     qemu_pid, watcher_pid = st["qemu_pid"], st["watcher_pid"]
     vm_reaper.pids += [qemu_pid, watcher_pid]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from _net_helpers import (
     LoopbackHTTP,
+    drip,
     drop_after,
     endless,
     ignore_range,
@@ -299,6 +300,19 @@ def test_stalled_server_times_out(tree: Path) -> None:
             loc.read(".treeinfo")
         with pytest.raises(LocationError):
             loc.exists(".treeinfo")
+
+
+@pytest.mark.network
+@pytest.mark.timeout(30)
+def test_dripping_server_is_given_up(tree: Path) -> None:
+    """A byte every 0.2 s never trips a 0.5 s read timeout; the stall guard catches it."""
+    with serve_http(tree) as srv, open_location(srv.url, timeout=0.5) as loc:
+        srv.route("/.treeinfo", drip(b"[general]\n" * 100, 0.2))
+        with pytest.raises(LocationError, match=r"less than 1024 bytes arrived in 0\.5 s"):
+            loc.read(".treeinfo")
+        srv.route("/slow-kernel", drip(b"k" * 2000, 0.2))
+        with pytest.raises(LocationError, match="less than 1024 bytes"):
+            loc.download("slow-kernel", io.BytesIO())
 
 
 @pytest.mark.network

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from treeboot.errors import DetectionError, UsageError
@@ -186,7 +187,7 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
     for e in cache.entries():
         blob = cache.blob_path(e.sha256)
         used = blob.stat().st_mtime if blob.exists() else None
-        rows.append({**e.__dict__, "blob": str(blob) if used else None, "last_used": used})
+        rows.append({**asdict(e), "blob": str(blob) if used else None, "last_used": used})
     if args.json:
         emit_json({"root": str(cache.root), "bytes": cache.usage(), "entries": rows})
         return 0

@@ -40,38 +40,38 @@ def _register_install(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing disk image")
     p.add_argument("--arch", help="guest architecture (default: the tree's)")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
-    p.add_argument("--extra-args", action="append", default=[], metavar="ARGS",
-                   help="more kernel arguments (repeatable)")  # fmt: skip
-    p.add_argument("--network", default="user", metavar="user|none",
-                   help="user: restricted user-mode network that reaches only the tree")  # fmt: skip
-    p.add_argument("--console", choices=["log", "attach", "none"], default="log",
-                   help="attach: also show the serial console live here")  # fmt: skip
-    p.add_argument("--console-log", type=Path, metavar="FILE",
-                   help="serial log (default: in the VM's state directory)")  # fmt: skip
-    p.add_argument("--wait", type=float, metavar="SECONDS",
-                   help="time limit (default: until the install ends); 0: start in background")  # fmt: skip
-    p.add_argument("--wait-for", metavar="REGEX",
-                   help="stop the VM and succeed when REGEX appears on the serial console")  # fmt: skip
-    p.add_argument("--no-reboot", action="store_true",
-                   help="stop after the installer ends (do not boot the installed disk)")  # fmt: skip
-    p.add_argument("--initrd-inject", action="append", default=[], type=Path, metavar="FILE",
-                   help="add FILE to the initrd's root (repeatable)")  # fmt: skip
-    p.add_argument("--unattended", nargs="?", const="", metavar="KEY=VALUE,...",
-                   help="generate an unattended install: profile=minimal|desktop,admin-user=,"
-                   "user-password-file=,admin-password-file=,ssh-key=,timezone=,locale=,"
-                   "hostname=")  # fmt: skip
-    p.add_argument("--unattended-file", type=Path, metavar="FILE",
-                   help="your own kickstart/preseed/autoyast/autoinstall file")  # fmt: skip
-    p.add_argument("--kernel", help="kernel: path in the tree, or a local ./file or /file")
-    p.add_argument("--initrd", help="initrd: path in the tree, or a local ./file or /file")
-    p.add_argument("--trace-boot", action="store_true",
-                   help="trace fw_cfg and compare what QEMU loaded to the prediction")  # fmt: skip
-    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    p.add_argument("--require-signature", action="store_true",
-                   help="refuse artifacts not covered by a verified signature")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the plan and the exact QEMU command; start nothing")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add = p.add_argument
+    add("--extra-args", action="append", default=[], metavar="ARGS",
+        help="more kernel arguments (repeatable)")
+    add("--network", default="user", metavar="user|none",
+        help="user: restricted user-mode network that reaches only the tree")
+    add("--console", choices=["log", "attach", "none"], default="log",
+        help="attach: also show the serial console live here")
+    add("--console-log", type=Path, metavar="FILE",
+        help="serial log (default: in the VM's state directory)")
+    add("--wait", type=float, metavar="SECONDS",
+        help="time limit (default: until the install ends); 0: run in the background")
+    add("--wait-for", metavar="REGEX",
+        help="stop the VM and succeed when REGEX appears on the serial console")
+    add("--no-reboot", action="store_true",
+        help="stop after the installer ends (do not boot the installed disk)")
+    add("--initrd-inject", action="append", default=[], type=Path, metavar="FILE",
+        help="add FILE to the initrd's root (repeatable)")
+    add("--unattended", nargs="?", const="", metavar="KEY=VALUE,...",
+        help="generate an unattended install: profile=minimal|desktop,admin-user=,"
+        "user-password-file=,admin-password-file=,ssh-key=,timezone=,locale=,hostname=")
+    add("--unattended-file", type=Path, metavar="FILE",
+        help="your own kickstart/preseed/autoyast/autoinstall file")
+    add("--kernel", help="kernel: path in the tree, or a local ./file or /file")
+    add("--initrd", help="initrd: path in the tree, or a local ./file or /file")
+    add("--trace-boot", action="store_true",
+        help="trace fw_cfg and compare what QEMU loaded to the prediction")
+    add("--insecure", action="store_true", help="do not verify TLS certificates")
+    add("--require-signature", action="store_true",
+        help="refuse artifacts not covered by a verified signature")
+    add("--dry-run", action="store_true",
+        help="print the plan and the exact QEMU command; start nothing")
+    add("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_install)
 
 
@@ -126,8 +126,8 @@ def _report(result: Any) -> None:
     for phase in run.phases:
         notice(f"{phase.phase}: {phase.outcome} ({phase.detail})")
     if str(run.outcome) == "running-in-background":
-        notice(f"VM {name} runs in the background: `treeboot console {name}`,"
-               f" `treeboot stop {name}`")  # fmt: skip
+        notice(f"VM {name} runs in the background; see `treeboot console {name}`")
+        notice(f"stop it with `treeboot stop {name}`")
     notice(f"serial console log: {result.plan.paths.console_log}")
 
 

@@ -21,6 +21,7 @@ from treeboot.locations import (
     OnStart,
     Progress,
     RemoteStat,
+    StallGuard,
     TreeLocation,
     redact,
     start_writing,
@@ -115,6 +116,7 @@ class FtpLocation(TreeLocation):
     def _transfer(self, rel: str, offset: int, consume: Callable[[bytes], None]) -> int:
         """RETR from ``offset``, feeding chunks to ``consume`` (which may raise _Stop)."""
         done = 0
+        guard = StallGuard(self.where(rel), self.timeout)
         with self._conn() as ftp:
             try:
                 sock = ftp.transfercmd("RETR " + self._path(rel), rest=offset or None)
@@ -138,6 +140,7 @@ class FtpLocation(TreeLocation):
                     if not chunk:
                         break
                     self._count(len(chunk))
+                    guard(len(chunk))
                     done += len(chunk)
                     consume(chunk)  # _Stop / OSError propagate: the session is dropped
             try:

@@ -24,6 +24,7 @@ from treeboot.locations import (
     OnStart,
     Progress,
     RemoteStat,
+    StallGuard,
     TreeLocation,
     redact,
     start_writing,
@@ -126,7 +127,7 @@ class HttpLocation(TreeLocation):
         except httpx.HTTPError as e:
             raise LocationError(f"{method} {redact(url)} failed: {e}", hint=_NET_HINT) from e
 
-    def _status_error(self, resp: httpx.Response, rel: str) -> LocationError:
+    def _status_error(self, resp: httpx.Response) -> LocationError:
         return LocationError(
             f"{resp.request.method} {redact(str(resp.url))} answered HTTP {resp.status_code}"
             f" {resp.reason_phrase}",
@@ -139,13 +140,15 @@ class HttpLocation(TreeLocation):
             if resp.status_code in ABSENT:
                 return None
             if resp.status_code != 200:
-                raise self._status_error(resp, rel)
+                raise self._status_error(resp)
             length = _int(resp.headers.get("content-length"))
             if length is not None and length > max_size:
                 raise too_big(self.where(rel), max_size, length)
             body = bytearray()
+            guard = StallGuard(self.where(rel), self.timeout)
             for chunk in resp.iter_bytes():
                 self._count(len(chunk))
+                guard(len(chunk))
                 body += chunk
                 if len(body) > max_size:
                     raise too_big(self.where(rel), max_size)
@@ -158,7 +161,7 @@ class HttpLocation(TreeLocation):
             if resp.status_code == 405:  # no HEAD: ask for one byte instead
                 return self._stat_by_range(rel)
             if resp.status_code != 200:
-                raise self._status_error(resp, rel)
+                raise self._status_error(resp)
             return _remote_stat(resp, _int(resp.headers.get("content-length")))
 
     def _stat_by_range(self, rel: str) -> RemoteStat | None:
@@ -169,7 +172,7 @@ class HttpLocation(TreeLocation):
                 return _remote_stat(resp, _content_range(resp)[2])
             if resp.status_code == 200:
                 return _remote_stat(resp, _int(resp.headers.get("content-length")))
-            raise self._status_error(resp, rel)
+            raise self._status_error(resp)
 
     def _read_range(self, rel: str, offset: int, length: int) -> bytes:
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
@@ -182,12 +185,14 @@ class HttpLocation(TreeLocation):
                     hint="use a server with byte-range support, or download the file first",
                 )
             if resp.status_code != 206:
-                raise self._status_error(resp, rel)
+                raise self._status_error(resp)
             if _content_range(resp)[0] != offset:
                 raise LocationError(f"{self.where(rel)}: the server sent the wrong byte range")
             out = bytearray()
+            guard = StallGuard(self.where(rel), self.timeout)
             for chunk in resp.iter_raw():
                 self._count(len(chunk))
+                guard(len(chunk))
                 out += chunk
                 if len(out) > length:  # more than asked: stop (costs the connection)
                     break
@@ -219,16 +224,19 @@ class HttpLocation(TreeLocation):
                     hint="check the tree, or pass --kernel/--initrd paths that exist",
                 )
             else:
-                raise self._status_error(resp, rel)
+                raise self._status_error(resp)
             start_writing(fileobj, start)
             if on_start:
                 on_start(_remote_stat(resp, size), start)
-            return self._stream(resp, fileobj, progress)
+            return self._stream(resp, fileobj, progress, StallGuard(self.where(rel), self.timeout))
 
-    def _stream(self, resp: httpx.Response, fileobj: BinaryIO, progress: Progress | None) -> int:
+    def _stream(
+        self, resp: httpx.Response, fileobj: BinaryIO, progress: Progress | None, guard: StallGuard
+    ) -> int:
         done = 0
         for chunk in resp.iter_raw():
             self._count(len(chunk))
+            guard(len(chunk))
             fileobj.write(chunk)
             done += len(chunk)
             if progress:

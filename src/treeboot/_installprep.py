@@ -8,11 +8,8 @@ Decisions come from data: resource defaults from osinfo-db, kernel arguments fro
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import shlex
-import socket
-import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +20,11 @@ from treeboot.backends.qemu import quote_cmdline
 from treeboot.errors import (
     BootError,
     DetectionError,
-    LocationError,
     TreebootError,
     UsageError,
 )
 from treeboot.model import FetchResult, Identification, Media
-from treeboot.plan import DiskPlan, NetworkPlan, VMPaths
+from treeboot.plan import BootPlan, DiskPlan, NetworkPlan, VMPaths
 from treeboot.run import find_binary, run
 
 if TYPE_CHECKING:
@@ -38,7 +34,6 @@ if TYPE_CHECKING:
 DEFAULT_VCPUS = 2
 DEFAULT_MEMORY_MIB = 1024
 DEFAULT_DISK_GIB = 20.0
-GUEST_HOST = "10.0.2.100"  # where the guest finds treeboot's server (guestfwd)
 
 
 # -- identify and fetch -------------------------------------------------------------------
@@ -248,65 +243,34 @@ def guest_network(
     *,
     dry_run: bool,
 ) -> tuple[NetworkPlan, str | None]:
-    """The guest's network and the URL the guest sees the tree at (None: not over HTTP).
+    """The guest's network and the URL the guest sees the tree at (None: no network).
 
-    A local directory or ISO is served by treeboot's own server; a URL on the host's loopback
-    is rewritten to the guest-visible address and forwarded per connection.
+    A URL on the host's loopback is rewritten to the guest-visible address and forwarded per
+    connection. A local directory or ISO, or a remote URL (which the restricted guest cannot
+    reach), is served or proxied by treeboot's own server while the install runs.
     """
     if request.network == "none":
         return NetworkPlan("none"), None
-    serve = _serve_module()
-    location = ident.location
-    port: int | None
-    if _is_local(location):
-        if request.wait == 0:
-            raise UsageError(
-                "--wait 0 cannot serve a local directory or ISO: treeboot's server would stop"
-                " when the command returns",
-                hint="serve the tree over HTTP yourself, or drop --wait 0",
-            )
-        if dry_run:
-            port, guest_url = 0, f"http://{GUEST_HOST}/"
-        else:
-            server = stack.enter_context(serve.GuestServer(location))
-            port, guest_url = server.port, server.guest_url
-    else:
-        guest_url, port = serve.rewrite_for_guest(location)
-    args = serve.guest_netdev_args(port, request.network)
-    return NetworkPlan(request.network, list(args)), guest_url
+    from treeboot import serve
+
+    guest_url, port = serve.rewrite_for_guest(ident.location)
+    if port is not None:
+        return NetworkPlan("user", serve.guest_netdev_args(port, "user")), guest_url
+    if request.wait == 0:
+        raise UsageError(
+            f"--wait 0 with {ident.location}: treeboot would serve the tree to the guest, and"
+            " its server stops when the command returns",
+            hint="serve the tree over HTTP on this host's loopback, or drop --wait 0",
+        )
+    if dry_run:  # no server: show where its port goes
+        args = serve.guest_netdev_args(_PLACEHOLDER_PORT, "user")
+        args = [a.replace(f" {_PLACEHOLDER_PORT}", " PORT") for a in args]
+        return NetworkPlan("user", args), serve.GUEST_URL
+    server = stack.enter_context(serve.GuestServer(ident.location))
+    return NetworkPlan("user", serve.guest_netdev_args(server.port, "user")), server.guest_url
 
 
-def _serve_module() -> Any:
-    try:
-        return importlib.import_module("treeboot.serve")
-    except ModuleNotFoundError as e:
-        if e.name != "treeboot.serve":
-            raise
-        return _FallbackServe
-
-
-class _FallbackServe:
-    """Used only while treeboot.serve is missing: loopback URLs only, no local serving."""
-
-    @staticmethod
-    def rewrite_for_guest(url: str) -> tuple[str, int | None]:
-        split = urllib.parse.urlsplit(url)
-        if split.hostname not in ("127.0.0.1", "localhost", "::1") or split.scheme != "http":
-            return url, None
-        return urllib.parse.urlunsplit(split._replace(netloc=GUEST_HOST)), split.port or 80
-
-    @staticmethod
-    def guest_netdev_args(port: int | None, mode: str) -> list[str]:
-        netdev = "user,id=net0,restrict=on"
-        if port is not None:
-            relay = Path(__file__).with_name("_relay.py")
-            netdev += f",guestfwd=tcp:{GUEST_HOST}:80-cmd:{sys.executable} -I -S {relay}"
-            netdev += f" 127.0.0.1 {port}"
-        return ["-netdev", netdev]
-
-    @staticmethod
-    def GuestServer(location: str) -> Any:  # noqa: N802
-        raise UsageError(f"{location}: serving a local tree needs treeboot.serve")
+_PLACEHOLDER_PORT = 65535
 
 
 def _is_local(location: str) -> bool:
@@ -324,20 +288,14 @@ def check_guest_reachable(
             " network, but --network none gives the guest no network",
             hint="use --network user",
         )
-    split = urllib.parse.urlsplit(ident.location)
-    if split.scheme not in ("http", "https", "ftp") or network.mode == "none":
+    if network.mode == "none" or not ident.kernel:
         return
-    port = split.port or {"http": 80, "https": 443, "ftp": 21}[split.scheme]
-    try:
-        with socket.create_connection((split.hostname or "", port), timeout=5.0):
-            pass
-    except OSError as e:
-        raise LocationError(
-            f"the installer would fetch the tree from {ident.location}, but connecting to"
-            f" {split.hostname}:{port} failed: {e.strerror or e}",
-            hint="make sure the server is running and the URL is right; the guest reaches"
-            " the host's loopback through treeboot's forwarder",
-        ) from e
+    from treeboot import serve
+
+    # The tree's own kernel is a file every server serves (a directory URL may be refused).
+    kernel_url = urllib.parse.urljoin(ident.location, ident.kernel)
+    if serve.rewrite_for_guest(ident.location)[1] is not None:
+        serve.reachable_check(kernel_url, timeout=5.0)
 
 
 # -- kernel command line ------------------------------------------------------------------
@@ -381,15 +339,11 @@ def kernel_cmdline(
     repo_url: str | None,
     payload: Payload,
     kernel: Path,
+    *,
+    medium_attached: bool,
 ) -> list[str]:
-    try:
-        from treeboot.cmdline import build_cmdline, check_cmdline
-    except ModuleNotFoundError as e:
-        if e.name != "treeboot.cmdline":
-            raise
-        console = arch.default_console()
-        return [f"console={console}", *ident.boot_args, *payload.kernel_args,
-                *request.extra_args]  # fmt: skip
+    from treeboot.cmdline import build_cmdline, check_cmdline
+
     args = build_cmdline(
         ident,
         arch=str(arch),
@@ -397,6 +351,7 @@ def kernel_cmdline(
         console=arch.default_console(),
         extra_args=list(request.extra_args),
         unattended_args=payload.kernel_args,
+        medium_attached=medium_attached,
     )
     check_cmdline(args, installer=ident.installer, cmdline_size=_cmdline_size(kernel, arch))
     return args
@@ -456,19 +411,31 @@ def inject(
 # -- --trace-boot -------------------------------------------------------------------------
 
 
-def trace_report(plan: Any, kernel: Path) -> str | None:
+def predict_boot(plan: BootPlan) -> dict[str, Any] | None:
+    """What QEMU's x86 loader will put in fw_cfg (``--trace-boot``); computed before boot,
+    while a temporary initrd still exists. None for other architectures."""
+    if not plan.trace_boot or plan.kernel is None:
+        return None
+    if plan.arch not in (Architecture.X86_64, Architecture.I686):
+        return None
+    from treeboot.kernel import predict_fw_cfg
+
+    machine = plan.machine or plan.arch.machine()
+    cmdline = quote_cmdline(plan.cmdline)
+    prediction: dict[str, Any] = predict_fw_cfg(
+        plan.kernel, plan.initrd, cmdline, plan.memory_mib, machine=machine
+    )
+    return prediction
+
+
+def trace_report(plan: BootPlan, prediction: dict[str, Any] | None) -> str | None:
     trace_file = plan.paths.trace_file
     if trace_file is None or not trace_file.exists():
         return None
-    from treeboot.kernel import predict_fw_cfg
     from treeboot.tracing import parse_fw_cfg_trace, render_trace_report
 
     trace = parse_fw_cfg_trace(trace_file)
-    machine = plan.machine or plan.arch.machine()
-    prediction = predict_fw_cfg(
-        kernel, plan.initrd, quote_cmdline(plan.cmdline), plan.memory_mib, machine=machine
-    )
-    report: str = render_trace_report(trace, prediction)
+    report: str = render_trace_report(trace, prediction, plan.paths.console_log)
     return report
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from treeboot._detect_layouts import LAYOUTS, Context, Finding, Resolved
 from treeboot._rules import load_rules
@@ -143,10 +144,11 @@ def identify(
     initrd: str | None = None,
     insecure: bool = False,
     timeout: float = 30.0,
+    keyring: Path | None = None,
 ) -> Identification:
     """Open ``location`` (directory, URL or ISO) and identify it. See :func:`identify_tree`."""
     with open_location(location, insecure=insecure, timeout=timeout) as loc:
-        return identify_location(loc, arch=arch, kernel=kernel, initrd=initrd)
+        return identify_location(loc, arch=arch, kernel=kernel, initrd=initrd, keyring=keyring)
 
 
 def identify_location(
@@ -155,6 +157,7 @@ def identify_location(
     arch: str | None = None,
     kernel: str | None = None,
     initrd: str | None = None,
+    keyring: Path | None = None,
 ) -> Identification:
     """Identify an open location; ISO images go to :func:`treeboot.isodetect.identify_iso`."""
     if loc.media == Media.ISO:
@@ -164,7 +167,11 @@ def identify_location(
         if not isinstance(loc, IsoLocation):
             raise DetectionError(f"{loc.url}: an ISO location of unknown type {type(loc)}")
         return identify_iso(loc, arch=arch, kernel=kernel, initrd=initrd)
-    return identify_tree(loc, arch=arch, kernel=kernel, initrd=initrd)
+    ident = identify_tree(loc, arch=arch, kernel=kernel, initrd=initrd)
+    # Signed chain (issue 6, treeboot.signature): InRelease -> SHA256SUMS -> kernel/initrd.
+    from treeboot.signature import apply_chain
+
+    return apply_chain(loc, ident, keyring=keyring)
 
 
 def identify_tree(

@@ -34,7 +34,7 @@ from treeboot.errors import (
     SignatureError,
     UsageError,
 )
-from treeboot.locations import Location, RemoteStat, open_location, safe_relpath
+from treeboot.locations import Location, RemoteStat, open_location, redact, safe_relpath
 from treeboot.model import FetchedArtifact, FetchResult, Identification, Verified
 from treeboot.progress import Transfer, TransferProgress
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("treeboot.fetch")
 
 ROLES = ("kernel", "initrd")
+MAX_ARTIFACT_SIZE = 2 << 30  # far above any kernel/initrd; stops a body that never ends
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _FICLONE = 0x40049409  # linux/fs.h: share extents (btrfs, xfs) instead of copying
 
@@ -254,12 +255,14 @@ def fetch_file(
     origin: str = "the expected checksum",
     transfer: Transfer | None = None,
     link_to: Path | None = None,
+    max_size: int = MAX_ARTIFACT_SIZE,
 ) -> FetchedArtifact:
     """Fetch one file of ``loc`` into the cache (and copy it to ``link_to``).
 
     ``expected`` is ``sha256:HEX`` (or None: the file is cached unverified). A mismatch raises
-    ChecksumMismatch and leaves nothing behind. Parallel callers (threads or processes) of the
-    same source download it once: the others wait on its lock and then hit the cache.
+    ChecksumMismatch and leaves nothing behind; so does a file larger than ``max_size``.
+    Parallel callers (threads or processes) of the same source download it once: the others
+    wait on its lock and then hit the cache.
     """
     rel = safe_relpath(relpath)
     exp = parse_checksum(expected) if expected else None
@@ -278,7 +281,7 @@ def fetch_file(
             if blob := cache.find_blob(exp):
                 return done(blob, True, 0)
     key = source_key(loc.url, rel)
-    waiting = f"waiting for another download of {loc.url}{rel}"
+    waiting = f"waiting for another download of {redact(loc.url + rel)}"
     with cache.lock(key, on_wait=lambda: log.info("%s", waiting)):
         if exp:
             with cache.shared():
@@ -288,11 +291,11 @@ def fetch_file(
             with cache.shared():
                 if blob := cache.find_blob(hit.sha256):
                     return done(blob, True, 0)
-        sha, size, nbytes, stat = _download(loc, rel, key, cache, transfer)
+        sha, size, nbytes, stat = _download(loc, rel, key, cache, transfer, max_size)
         if exp and sha != exp:
             cache.discard_partial(key)
             raise ChecksumMismatch(
-                f"{loc.url}{rel}: sha256 is {sha}, but {origin} is {exp};"
+                f"{redact(loc.url + rel)}: sha256 is {sha}, but {origin} is {exp};"
                 " the download was discarded",
                 hint="the mirror may be syncing or tampered with: retry later or use another",
             )
@@ -315,12 +318,17 @@ def _revalidate(loc: Location, rel: str, cache: Cache) -> IndexEntry | None:
     return entry
 
 
+class _TooBig(Exception):
+    """The file grows past the size limit."""
+
+
 class _HashingFile(io.FileIO):
     """The ``.part`` file: hashes what is written; a seek re-hashes the prefix it keeps."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, limit: int = MAX_ARTIFACT_SIZE) -> None:
         super().__init__(fd, "r+")
         self.sha = hashlib.sha256()
+        self.limit = limit
 
     def seek(self, pos: int, whence: int = os.SEEK_SET, /) -> int:
         pos = super().seek(pos, whence)
@@ -336,6 +344,8 @@ class _HashingFile(io.FileIO):
 
     def write(self, data: ReadableBuffer, /) -> int:
         view = memoryview(data).cast("B")
+        if self.tell() + len(view) > self.limit:
+            raise _TooBig()
         written = 0
         while written < len(view):
             n = super().write(view[written:])
@@ -347,7 +357,7 @@ class _HashingFile(io.FileIO):
 
 
 def _download(
-    loc: Location, rel: str, key: str, cache: Cache, transfer: Transfer
+    loc: Location, rel: str, key: str, cache: Cache, transfer: Transfer, limit: int
 ) -> tuple[str, int, int, RemoteStat | None]:
     """Download into the source's ``.part`` (resuming it if possible); fsync it."""
     part, _ = cache.partial(key)
@@ -355,14 +365,16 @@ def _download(
     started: list[RemoteStat] = []
 
     def on_start(st: RemoteStat, start: int) -> None:
+        if st.size is not None and st.size > limit:
+            raise _TooBig()
         started.append(st)
         cache.save_partial(key, PartialMeta(loc.url, rel, st.validator, st.size))
         transfer.start(st.size, start)
         if start:
-            log.info("resuming %s%s at byte %d", loc.url, rel, start)
+            log.info("resuming %s at byte %d", redact(loc.url + rel), start)
 
     try:
-        with _HashingFile(os.open(part, os.O_RDWR | os.O_CREAT, 0o600)) as sink:
+        with _HashingFile(os.open(part, os.O_RDWR | os.O_CREAT, 0o600), limit) as sink:
             offset = os.fstat(sink.fileno()).st_size if meta and meta.validator else 0
             validator = meta.validator if meta else None
             nbytes = loc.download(
@@ -380,13 +392,19 @@ def _download(
             ) from e
         cache.discard_partial(key)  # nothing to check a resume against
         raise FetchError(e.message, hint=e.hint) from e
+    except _TooBig as e:
+        cache.discard_partial(key)
+        raise FetchError(
+            f"{redact(loc.url + rel)} is larger than {limit} bytes: refusing to download it",
+            hint="a kernel or initrd is never that big: check the location (or raise max_size)",
+        ) from e
     except OSError as e:
         cache.discard_partial(key)
         raise cache_write_error(e, cache.root) from e
     expected_size = started[0].size if started else None
     if expected_size is not None and size != expected_size:
         raise FetchError(
-            f"{loc.url}{rel}: got {size} bytes, the server announced {expected_size}",
+            f"{redact(loc.url + rel)}: got {size} bytes, the server announced {expected_size}",
             hint="running the command again resumes the download",
         )
     return sha, size, nbytes, started[0] if started else None

@@ -144,14 +144,17 @@ def install(
     with contextlib.ExitStack() as stack:
         network, repo_url = prep.guest_network(request, ident, stack, dry_run=dry_run)
         payload = prep.unattended_payload(request, ident)
-        cmdline = prep.kernel_cmdline(request, ident, arch, repo_url, payload, kernel)
+        cdrom = prep.install_medium(ident)
+        cmdline = prep.kernel_cmdline(
+            request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
+        )
         initrd, temp_files = prep.inject(request, payload, initrd, paths, dry_run=dry_run)
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
         seed = prep.seed_volume(payload, paths, dry_run=dry_run)
         plan = replace(
             plan,
             disk=prep.disk_plan(request, ident, arch, paths, dry_run=dry_run),
-            cdrom=prep.install_medium(ident),
+            cdrom=cdrom,
             seed_iso=seed,
             temp_files=temp_files + ([seed] if seed else []),
         )
@@ -160,9 +163,10 @@ def install(
         if dry_run:
             return result
         prep.check_guest_reachable(request, ident, network)
+        prediction = prep.predict_boot(plan)
         result.run = _run(plan, request, out, fetched)
     if request.trace_boot:
-        result.trace_report = prep.trace_report(plan, kernel)
+        result.trace_report = prep.trace_report(plan, prediction)
     return result
 
 

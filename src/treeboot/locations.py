@@ -33,6 +33,7 @@ import abc
 import os
 import posixpath
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from treeboot.model import Media
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024  # metadata files; a kernel is downloaded, never read()
 CHUNK = 256 * 1024
 MAX_PARALLEL = 8  # read_many worker threads (and HTTP connections they may open)
+LOW_SPEED_BYTES = 1024  # a transfer must move this much in every ``timeout`` seconds
 
 Progress = Callable[[int], None]
 
@@ -152,6 +154,33 @@ def too_big(where: str, limit: int, size: int | None = None) -> MetadataError:
         f"{where} is {what}, more than the {limit} bytes allowed for a metadata file",
         hint="the location does not look like an install tree (or serves something hostile)",
     )
+
+
+class StallGuard:
+    """Fail a transfer that moves less than LOW_SPEED_BYTES in ``window`` seconds.
+
+    A read timeout only fires when *nothing* arrives; a server dripping a byte now and then
+    would hold a download forever. This is curl's ``--speed-limit``/``--speed-time``.
+    """
+
+    def __init__(self, where: str, window: float) -> None:
+        self.where = where
+        self.window = window
+        self._mark = time.monotonic()
+        self._bytes = 0
+
+    def __call__(self, n: int) -> None:
+        self._bytes += n
+        now = time.monotonic()
+        if now - self._mark < self.window:
+            return
+        if self._bytes < LOW_SPEED_BYTES:
+            raise LocationError(
+                f"{self.where}: less than {LOW_SPEED_BYTES} bytes arrived in {self.window:g} s;"
+                " giving up on this transfer",
+                hint="the server is stalling: retry later or use another mirror",
+            )
+        self._mark, self._bytes = now, 0
 
 
 class TreeLocation(abc.ABC):

@@ -99,7 +99,8 @@ class BootPlan:
     def from_json(cls, data: dict[str, Any]) -> BootPlan:
         d = dict(data)
         d["arch"] = Architecture(d["arch"])
-        d["paths"] = VMPaths(**{k: _path(v) for k, v in d["paths"].items()})
+        paths = {k: _path(v) for k, v in d["paths"].items()}
+        d["paths"] = VMPaths(**paths)  # type: ignore[arg-type]
         for key in ("kernel", "initrd", "firmware", "cdrom", "seed_iso"):
             d[key] = _path(d.get(key))
         if d.get("disk") is not None:

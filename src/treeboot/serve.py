@@ -135,7 +135,10 @@ def _split_path(target: str) -> list[str]:
     path = urllib.parse.urlsplit(target).path
     if not path.startswith("/"):
         raise _HttpError(400, "not an absolute path")
-    rel = urllib.parse.unquote(path, errors="strict")
+    try:
+        rel = urllib.parse.unquote(path, errors="strict")
+    except UnicodeDecodeError as e:
+        raise _HttpError(400, "path is not UTF-8") from e
     if any(ord(c) < 0x20 or c in "\\\x7f" for c in rel):
         raise _HttpError(400, "control character or backslash in path")
     parts = [p for p in rel.split("/") if p not in ("", ".")]
@@ -313,15 +316,20 @@ class GuestServer:
 
     def __init__(self, source: Path | str | TreeSource, *, access_log: Path | None = None) -> None:
         self._lock = threading.Lock()
+        self._closed = False
         self._connections: set[Any] = set()
         self._extra: dict[str, _Resource] = {}
         self.requests: list[AccessRecord] = []
         self._root, self._loc, image = _open_source(source)
         self._owns_loc = not isinstance(source, TreeSource)
         self._log_file: IO[str] | None = None
-        if access_log is not None:
-            self._log_file = open(access_log, "a", encoding="utf-8")  # noqa: SIM115
-        self._httpd = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=True)
+        try:
+            if access_log is not None:
+                self._log_file = open(access_log, "a", encoding="utf-8")  # noqa: SIM115
+            self._httpd = _Server(("127.0.0.1", 0), _Handler)
+        except OSError as e:
+            self._close_source()
+            raise BootError(f"cannot start the server for the guest: {e}") from e
         self._httpd.owner = self
         self.port: int = self._httpd.server_address[1]
         self.guest_url = GUEST_URL
@@ -346,7 +354,10 @@ class GuestServer:
         return self._add(url_path, _Bytes(bytes(data), len(data)))
 
     def _add(self, url_path: str, res: _Resource) -> str:
-        key = "/".join(_split_path("/" + url_path.lstrip("/")))
+        try:
+            key = "/".join(_split_path("/" + url_path.lstrip("/")))
+        except _HttpError as e:
+            raise UsageError(f"cannot serve a file at {url_path!r}: {e.note}") from e
         if not key:
             raise UsageError(f"cannot serve a file at {url_path!r}")
         with self._lock:
@@ -395,6 +406,9 @@ class GuestServer:
 
     def close(self) -> None:
         """Stop serving, drop open connections (their relays exit), close the log."""
+        if self._closed:
+            return
+        self._closed = True
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._lock:
@@ -403,6 +417,9 @@ class GuestServer:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
+        self._close_source()
+
+    def _close_source(self) -> None:
         if self._loc is not None and self._owns_loc:
             self._loc.close()
         if self._log_file is not None:
@@ -462,7 +479,7 @@ def guest_netdev_args(
         )
     netdev = f"user,id={NETDEV_ID},restrict=on"
     if server_port is not None:
-        if not 0 < server_port < 65536:
+        if not 0 <= server_port < 65536:  # 0: a placeholder in dry runs
             raise UsageError(f"invalid server port {server_port}")
         # libslirp runs the command with g_shell_parse_argv: quote for a shell, then escape
         # for QEMU's option parser.

@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -565,4 +565,31 @@ def _short(
         keyring=str(ring),
         signatures=text.signatures,
         reason=reason,
+    )
+
+
+# Families whose install trees sit below a signed dists/<suite>/Release.
+CHAIN_FAMILIES = {"debian", "ubuntu"}
+
+
+def apply_chain(
+    loc: Reader, ident: Identification, *, keyring: Path | None = None
+) -> Identification:
+    """``ident`` with what the signed chain says: checksums, ``verified``, ``extra["signature"]``.
+
+    Called by detection for every tree; tries the chain for Debian/Ubuntu trees (or any tree
+    when the user named a keyring). Raises SignatureError when the chain is present but broken.
+    """
+    debian_like = (ident.family or "").lower() in CHAIN_FAMILIES
+    if not (debian_like or keyring) or not (ident.kernel or ident.initrd):
+        return ident
+    result = verify_debian_chain(loc, ident, keyring=keyring)
+    extra = {**ident.extra, "signature": result.to_json()}
+    if result.verified is not Verified.SIGNED_CHAIN:
+        return replace(ident, extra=extra)
+    return replace(
+        ident,
+        checksums={**ident.checksums, **result.checksums},
+        verified=Verified.SIGNED_CHAIN,
+        extra=extra,
     )

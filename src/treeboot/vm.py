@@ -65,7 +65,8 @@ def vm_dir(name: str) -> Path:
 
 def vm_paths(name: str, *, console_log: Path | None = None) -> VMPaths:
     paths = VMPaths.in_dir(vm_dir(name), console_log=console_log)
-    too_long = [p for p in (paths.qmp_socket, paths.serial_socket) if len(str(p)) > _MAX_SOCKET_PATH]
+    sockets = (paths.qmp_socket, paths.serial_socket)
+    too_long = [p for p in sockets if len(str(p)) > _MAX_SOCKET_PATH]
     if too_long:
         raise BootError(
             f"socket path {too_long[0]} is longer than {_MAX_SOCKET_PATH} bytes",
@@ -171,17 +172,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def stop_vm(name: str, *, timeout: float = 15.0) -> VMStatus:
-    """Stop a running VM: QMP ``quit``, then SIGTERM/SIGKILL to the verified QEMU PID.
+    """Stop a running VM: SIGTERM to the verified QEMU PID (QEMU shuts down cleanly, as on
+    QMP ``quit``), SIGKILL if it lingers.
 
-    The process watching it (a foreground ``treeboot install`` or a background watcher)
-    sees QEMU end with reason "stopped" and exits by itself; we wait for that too.
+    The QMP socket is not used: the process watching the VM (a foreground ``treeboot
+    install`` or a background watcher) holds its only connection. That process sees QEMU end
+    with reason "host-signal", records the outcome "stopped" and exits; we wait for it too.
     """
     status = vm_status(name)
     paths = VMPaths.in_dir(vm_dir(name))
     if status.state == "running" and status.qemu_pid is not None:
-        if not _qmp_quit(paths.qmp_socket, timeout=5.0):
-            signal_and_wait(status.qemu_pid, str(paths.qmp_socket))
-        _wait_gone(status.qemu_pid, str(paths.qmp_socket), timeout)
+        signal_and_wait(status.qemu_pid, str(paths.qmp_socket), grace=timeout)
     if status.watcher_pid is not None:
         _wait_gone(status.watcher_pid, "treeboot", timeout)
     return vm_status(name)
@@ -194,24 +195,6 @@ def _wait_gone(pid: int, marker: str, timeout: float) -> None:
             signal_and_wait(pid, marker, grace=2.0)
             return
         time.sleep(0.05)
-
-
-def _qmp_quit(socket_path: Path, *, timeout: float) -> bool:
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
-    qmp = QEMUMonitorProtocol(str(socket_path))
-    try:
-        qmp.connect()
-        qmp.settimeout(timeout)
-        qmp.cmd("quit")
-    except Exception:  # the socket may be gone or QEMU may exit before answering
-        return False
-    finally:
-        try:
-            qmp.close()
-        except Exception:
-            pass
-    return True
 
 
 # -- console ------------------------------------------------------------------------------

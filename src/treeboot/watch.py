@@ -42,10 +42,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from treeboot._console import KeyboardForwarder
 from treeboot._qemuproc import popen_tied, stop_process
 from treeboot.backends.qemu import render_qemu_argv
 from treeboot.errors import BootError
-from treeboot.plan import BootPlan, ConsoleMode, Phase
+from treeboot.plan import BootPlan, ConsoleMode, Phase, VMPaths
 from treeboot.run import find_binary
 from treeboot.vm import load_plan, start_background_watcher, write_status
 
@@ -213,7 +214,7 @@ def run_phase(
     write_status(paths, state="running", phase=str(phase), qemu_pid=proc.pid, outcome=None)
     watcher = _Watcher(proc.pid, paths.console_log, log_offset, opts, deadline, out)
     try:
-        outcome, detail, reason = asyncio.run(watcher.run(proc, paths.qmp_socket))
+        outcome, detail, reason = asyncio.run(watcher.run(proc, paths))
     finally:
         status = stop_process(proc)
         paths.pidfile.unlink(missing_ok=True)
@@ -232,6 +233,9 @@ def _qemu_error(qemu_log: Path) -> str | None:
 
 
 # -- the watcher --------------------------------------------------------------------------
+
+
+_Verdict = tuple[Outcome, str, str | None]  # outcome, detail, QEMU's shutdown reason
 
 
 class _Watcher:
@@ -255,7 +259,7 @@ class _Watcher:
         self.tail = b""
         self.signalled: int | None = None
 
-    async def run(self, proc: Any, qmp_socket: Path) -> tuple[Outcome, str, str | None]:
+    async def run(self, proc: Any, paths: VMPaths) -> _Verdict:
         from qemu.qmp import EventListener, QMPClient
 
         loop = asyncio.get_running_loop()
@@ -264,14 +268,21 @@ class _Watcher:
         client = QMPClient(f"treeboot-{self.pid}")
         listener = EventListener(("SHUTDOWN", "GUEST_PANICKED"))
         client.register_listener(listener)
+        keyboard: KeyboardForwarder | None = None
         try:
-            connected = await self._connect(client, proc, qmp_socket)
+            connected = await self._connect(client, proc, paths.qmp_socket)
+            if connected and self.out is not None and KeyboardForwarder.wanted():
+                keyboard = KeyboardForwarder(paths.serial_socket)
+                if keyboard.start(loop):
+                    sys.stderr.write("treeboot: console attached; Ctrl-] detaches the keyboard\r\n")
             result = await self._loop(proc, listener)
             if proc.poll() is None and connected:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.execute("quit"), 5.0)
             return result
         finally:
+            if keyboard is not None:
+                keyboard.stop()
             with contextlib.suppress(Exception):
                 await client.disconnect()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -292,7 +303,7 @@ class _Watcher:
             await asyncio.sleep(0.02)
         return False
 
-    async def _loop(self, proc: Any, listener: Any) -> tuple[Outcome, str, str | None]:
+    async def _loop(self, proc: Any, listener: Any) -> _Verdict:
         while True:
             found = self._read_console()
             if found:
@@ -310,7 +321,7 @@ class _Watcher:
                 return Outcome.TIMED_OUT, "--wait time limit reached", None
             await asyncio.sleep(_POLL)
 
-    def _ended(self, status: int, shutdown: dict[str, Any] | None) -> tuple[Outcome, str, str | None]:
+    def _ended(self, status: int, shutdown: dict[str, Any] | None) -> _Verdict:
         found = self._read_console()  # the last lines may hold the marker
         if found:
             return found
@@ -323,7 +334,7 @@ class _Watcher:
             return Outcome.STOPPED, f"QEMU stopped from outside ({reason})", reason
         return Outcome.QEMU_FAILED, f"QEMU exited with status {status}", reason
 
-    def _read_console(self) -> tuple[Outcome, str, str | None] | None:
+    def _read_console(self) -> _Verdict | None:
         try:
             with self.console_log.open("rb") as f:
                 f.seek(self.offset)

@@ -13,7 +13,9 @@ import shlex
 from collections.abc import Sequence
 
 from treeboot.arch import Architecture
+from treeboot.cmdline import join_cmdline
 from treeboot.plan import BootPlan, Phase
+from treeboot.tracing import qemu_trace_args
 
 
 def render_qemu_argv(plan: BootPlan, phase: Phase = Phase.INSTALL) -> list[str]:
@@ -37,15 +39,8 @@ def render_qemu_argv(plan: BootPlan, phase: Phase = Phase.INSTALL) -> list[str]:
 
 
 def quote_cmdline(args: Sequence[str]) -> str:
-    """Join kernel arguments for ``-append``; only arguments with spaces get quotes."""
-    return " ".join(_quote_karg(a) for a in args)
-
-
-def _quote_karg(arg: str) -> str:
-    if not any(c.isspace() for c in arg) or arg.startswith('"'):
-        return arg
-    key, sep, value = arg.partition("=")
-    return f'{key}="{value}"' if sep and not any(c.isspace() for c in key) else f'"{arg}"'
+    """Join kernel arguments for ``-append`` (``key="a b"`` for values with spaces)."""
+    return join_cmdline(args)
 
 
 def _opt(value: object) -> str:
@@ -164,7 +159,7 @@ def device_args(plan: BootPlan) -> list[str]:
 def trace_args(plan: BootPlan) -> list[str]:
     if not plan.trace_boot or plan.paths.trace_file is None:
         return []
-    return ["-trace", "fw_cfg*", "-D", str(plan.paths.trace_file)]
+    return qemu_trace_args(plan.paths.trace_file)
 
 
 def reboot_args(phase: Phase) -> list[str]:
