@@ -22,6 +22,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from treeboot.errors import TreebootError
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 URLDETECT = SHARED / "fixtures" / "urldetect"
 FAKEMEDIA = SHARED / "fixtures" / "fakemedia"
@@ -190,15 +192,9 @@ def _treeinfo_and_images(mod: Any, data: bytes) -> object:
 
     ti = mod.parse_treeinfo(data.decode("utf-8", errors="replace"))
     for arch in (None, "x86_64", "aarch64"):
-        with contextlib.suppress(TreebootErrorType()):
+        with contextlib.suppress(TreebootError):
             mod.select_images(ti, arch, load_rules())
     return ti
-
-
-def TreebootErrorType() -> type[Exception]:  # noqa: N802 - reads like the class it returns
-    from treeboot.errors import TreebootError
-
-    return TreebootError
 
 
 def call_iso(mod: Any, data: bytes) -> object:
@@ -231,6 +227,21 @@ TARGETS: list[Target] = [
         lambda: inputs(corpus("*/*/.treeinfo", "*/.treeinfo"),
                        ini_document(TREEINFO_SECTIONS, TREEINFO_KEYS)),
         lambda m, d: m.parse_treeinfo(text(d)),
+    ),
+    Target(
+        "isometa-disk-info", "treeboot._isometa",
+        lambda: inputs(corpus("*/*/.disk/info"), disk_info_document()),
+        lambda m, d: m.parse_disk_info(text(d)),
+    ),
+    Target(
+        "isometa-suse-content", "treeboot._isometa",
+        lambda: inputs(corpus("*/*/content", "*/content"), keyvalue_document(CONTENT_KEYS)),
+        lambda m, d: m.parse_suse_content(text(d)),
+    ),
+    Target(
+        "isometa-checksum-list", "treeboot._isometa",
+        lambda: inputs([b"0" * 64 + b"  ./linux\n"], manifest_document()),
+        lambda m, d: m.parse_checksum_list(text(d), "sha256"),
     ),
     Target(
         "treeinfo", "treeboot.treeinfo",
@@ -323,7 +334,5 @@ def by_name(name: str) -> Target:
 
 def check_one(target: Target, module: Any, data: Any) -> None:
     """The property: parse, or raise a TreebootError subclass. Anything else propagates."""
-    from treeboot.errors import TreebootError
-
     with contextlib.suppress(TreebootError):
         target.call(module, data)

@@ -321,12 +321,21 @@ def test_fetch_file_in_threads_downloads_once(tree: Path, cache: Cache) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("declared", [None, 1 << 40])
-def test_endless_artifact_is_refused(tree: Path, cache: Cache, declared: int | None) -> None:
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [(None, "larger than 1000000 bytes (length unannounced)"), (1 << 40, "larger than 2147483648")],
+)
+def test_endless_artifact_is_refused(
+    tree: Path, cache: Cache, monkeypatch: pytest.MonkeyPatch, declared: int | None, message: str
+) -> None:
+    import treeboot.fetch
+
+    monkeypatch.setattr(treeboot.fetch, "MAX_UNANNOUNCED_SIZE", 1_000_000)
     with serve_http(tree) as srv, open_location(srv.url) as loc:
         srv.route("/" + INITRD, endless(declare_length=declared))
-        with pytest.raises(FetchError, match="larger than 3000000 bytes"):
-            fetch_file(loc, INITRD, published(tree)[INITRD], cache=cache, max_size=3_000_000)
+        with pytest.raises(FetchError, match=re.escape(message)):
+            fetch_file(loc, INITRD, published(tree)[INITRD], cache=cache)
+        assert loc.bytes_transferred < 10_000_000
     assert list(cache.tmp.iterdir()) == [] and list(cache.blobs.iterdir()) == []
 
 

@@ -230,7 +230,7 @@ def check_outcome(
     assert_clean_cache(cache_root, partials_allowed=not isinstance(error, ChecksumMismatch))
 
 
-HANG = 120.0  # seconds: a fetch still running after this is hung (the client's timeout is 2 s)
+HANG = 30.0  # seconds: a fetch still running after this is hung (the client's timeout is 2 s)
 
 
 def api_fetch(

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from _hostile_server import HostileServer
 from _signature_helpers import DebianTree, DirReader, TestKey, make_debian_tree, make_key
-from treeboot.errors import MetadataError, SignatureError
+from treeboot.errors import ChecksumMismatch, MetadataError, SignatureError
 from treeboot.model import Identification, Media, Verified
 from treeboot.signature import (
     ChainResult,
@@ -401,3 +406,114 @@ def test_parse_sha256sums_forms() -> None:
 def test_parse_release_rejects(text: bytes) -> None:
     with pytest.raises(MetadataError):
         parse_release(text)
+
+
+# --- end to end: served over loopback HTTP, through the CLI ---------------------------------
+
+
+@pytest.fixture
+def served(tmp_path: Path, key: TestKey) -> Iterator[tuple[DebianTree, HostileServer]]:
+    tree = make_debian_tree(tmp_path / "srv", key)
+    server = HostileServer(tmp_path / "srv").start()
+    try:
+        yield tree, server
+    finally:
+        server.close()
+
+
+def tree_url(tree: DebianTree, server: HostileServer) -> str:
+    return server.url("ok", str(tree.location.relative_to(tree.root)) + "/")
+
+
+def cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TREEBOOT_CACHE=str(cache))
+    return subprocess.run(
+        [sys.executable, "-m", "treeboot", *args],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_cli_identify_reports_the_chain(
+    served: tuple[DebianTree, HostileServer], key: TestKey, tmp_path: Path
+) -> None:
+    tree, server = served
+    proc = cli("identify", tree_url(tree, server), "--keyring", str(key.keyring), "--json",
+               cache=tmp_path / "cache")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["verified"] == "signed-chain"
+    chain_json = out["extra"]["signature"]
+    assert chain_json["suite"] == "bookworm"
+    assert chain_json["signed_by"][0]["primary"] == key.fingerprint
+    assert out["checksums"][tree.kernel] == chain_json["checksums"][tree.kernel]
+
+
+@pytest.mark.timeout(120)
+def test_cli_fetch_require_signature(
+    served: tuple[DebianTree, HostileServer], key: TestKey, tmp_path: Path
+) -> None:
+    tree, server = served
+    proc = cli("fetch", tree_url(tree, server), "--keyring", str(key.keyring),
+               "--require-signature", "--json", cache=tmp_path / "cache")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["verified"] == "signed-chain"
+    assert Path(out["kernel"]).read_bytes() == (tree.location / tree.kernel).read_bytes()
+
+
+@pytest.mark.timeout(120)
+def test_cli_require_signature_refuses_an_unsigned_tree(tmp_path: Path, key: TestKey) -> None:
+    tree = make_debian_tree(tmp_path / "srv", key, mode="none")
+    server = HostileServer(tmp_path / "srv").start()
+    try:
+        proc = cli("fetch", tree_url(tree, server), "--keyring", str(key.keyring),
+                   "--require-signature", cache=tmp_path / "cache")  # fmt: skip
+    finally:
+        server.close()
+    assert proc.returncode == SignatureError.exit_code, proc.stderr
+    assert "treeboot: error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(r.path.endswith("/linux") for r in server.state.log)  # refused before download
+
+
+@pytest.mark.timeout(120)
+def test_cli_tampered_kernel_is_caught_by_fetch(
+    served: tuple[DebianTree, HostileServer], key: TestKey, tmp_path: Path
+) -> None:
+    tree, server = served
+    (tree.location / tree.kernel).write_bytes(b"an evil kernel\n" * 100)
+    proc = cli("fetch", tree_url(tree, server), "--keyring", str(key.keyring),
+               cache=tmp_path / "cache")  # fmt: skip
+    assert proc.returncode == ChecksumMismatch.exit_code, proc.stderr
+    assert "treeboot: error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(
+        (tmp_path / "cache" / "blobs" / "sha256").glob(
+            hashlib.sha256(b"an evil kernel\n" * 100).hexdigest()
+        )
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("link", ["InRelease", "SHA256SUMS"])
+def test_cli_tampered_link_fails_identify(
+    served: tuple[DebianTree, HostileServer], key: TestKey, tmp_path: Path, link: str
+) -> None:
+    tree, server = served
+    target = tree.dists / "InRelease" if link == "InRelease" else tree.sums
+    target.write_bytes(target.read_bytes().replace(b"amd64", b"arm64", 1))
+    proc = cli("identify", tree_url(tree, server), "--keyring", str(key.keyring),
+               cache=tmp_path / "cache")  # fmt: skip
+    assert proc.returncode == SignatureError.exit_code, proc.stderr
+    assert "treeboot: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_cli_debian_tree_signed_by_a_stranger_fails_with_the_default_keyring(
+    served: tuple[DebianTree, HostileServer], tmp_path: Path
+) -> None:
+    if not DEBIAN_KEYRING.is_file():
+        pytest.skip("debian-archive-keyring is not installed")
+    tree, server = served
+    proc = cli("identify", tree_url(tree, server), cache=tmp_path / "cache")
+    assert proc.returncode == SignatureError.exit_code, proc.stderr
+    assert "not in the keyring" in proc.stderr

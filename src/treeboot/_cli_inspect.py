@@ -38,7 +38,7 @@ _KERNEL_ROWS: tuple[tuple[str, str, str], ...] = (
 
 def register(sub: Any) -> None:
     _register_inspect(sub)
-    # `treeboot explain` registers here too (its own _register_explain).
+    _register_explain(sub)
 
 
 def _register_inspect(sub: Any) -> None:
@@ -123,3 +123,62 @@ def format_initrd(d: dict[str, Any]) -> str:
         if seg["note"]:
             lines.append(f"    note: {seg['note']}")
     return "\n".join(lines)
+
+
+# -- `treeboot explain` (treeboot/explain.py) ------------------------------------------------
+
+
+def _register_explain(sub: Any) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="show the boot chain: what is fetched, fw_cfg items, who loads what where",
+        description="Explain how LOCATION's installer (or a --kernel/--initrd pair) will boot:"
+        " fetched artifacts and their verification, kernel header, command line, the exact"
+        " QEMU command, fw_cfg items, memory placement and the firmware hand-off.",
+    )
+    p.add_argument("location", nargs="?", help="install tree URL, directory or ISO")
+    p.add_argument("--kernel", help="kernel: path in the tree, or a local ./file or /file")
+    p.add_argument("--initrd", help="initrd: path in the tree, or a local ./file or /file")
+    p.add_argument("--arch", help="guest architecture (default: the tree's or the kernel's)")
+    p.add_argument("--backend", default="qemu", help="qemu (libvirt and pxe: not yet)")
+    p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: as install)")
+    p.add_argument("--machine", help="QEMU machine type (default: as install: q35, virt, ...)")
+    p.add_argument("--boot", choices=["default", "uefi"], default="default",
+                   help="uefi: explain a boot through UEFI firmware (OVMF/AAVMF)")  # fmt: skip
+    p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    p.add_argument("--extra-args", action="append", default=[], metavar="ARGS",
+                   help="more kernel arguments (repeatable)")  # fmt: skip
+    p.add_argument("--network", default="user", metavar="user|none", help="as install")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="do not download kernel/initrd (header facts stay unknown)")  # fmt: skip
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--svg", type=Path, metavar="FILE", help="also draw the boot chain as SVG")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from treeboot._installprep import split_extra_args
+    from treeboot._svg import render_svg
+    from treeboot.errors import UsageError
+    from treeboot.explain import ExplainRequest, explain, format_explanation
+    from treeboot.output import notice
+
+    request = ExplainRequest(
+        location=args.location, kernel=args.kernel, initrd=args.initrd, arch=args.arch,
+        backend=args.backend, memory_mib=args.memory, machine=args.machine, boot=args.boot,
+        accel=args.accel, extra_args=split_extra_args(args.extra_args), network=args.network,
+        fetch=not args.no_fetch, insecure=args.insecure,
+    )  # fmt: skip
+    ex = explain(request)
+    if args.svg is not None:
+        try:
+            args.svg.write_text(render_svg(ex), encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"--svg {args.svg}: cannot write it: {e.strerror}") from e
+        notice(f"boot chain drawn in {args.svg}")
+    if args.json:
+        emit_json(ex.to_json())
+    else:
+        print(format_explanation(ex))
+    return 0

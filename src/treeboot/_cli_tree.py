@@ -6,6 +6,7 @@ import argparse
 import datetime
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from treeboot.errors import DetectionError, UsageError
@@ -60,6 +61,9 @@ def _location_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", metavar="PATH", help="kernel path relative to the location")
     p.add_argument("--initrd", metavar="PATH", help="initrd path relative to the location")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument(  # issue 6: the keyring that vouches for a Debian/Ubuntu Release
+        "--keyring", type=Path, metavar="FILE", help="OpenPGP keyring for signed Release files"
+    )
     p.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per network operation"
     )
@@ -80,6 +84,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         initrd=args.initrd,
         insecure=args.insecure,
         timeout=args.timeout,
+        keyring=args.keyring,
     )
     if args.json:
         emit_json(ident.to_json())
@@ -148,6 +153,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         require_signature=args.require_signature,
         timeout=args.timeout,
+        keyring=args.keyring,
     )
     if args.json:
         emit_json(result.to_json())

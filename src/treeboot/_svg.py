@@ -12,6 +12,7 @@ fw_cfg items QEMU publishes. A legend explains the colours.
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from dataclasses import dataclass
@@ -58,8 +59,16 @@ class _Seg:
     y: float = 0.0  # top edge (the segment's end address)
 
 
-def _text(x: float, y: float, s: str, size: float = 11, anchor: str = "start",
-          weight: str = "normal", fill: str = "#212529", family: str = FONT) -> str:  # fmt: skip
+def _text(
+    x: float,
+    y: float,
+    s: str,
+    size: float = 11,
+    anchor: str = "start",
+    weight: str = "normal",
+    fill: str = "#212529",
+    family: str = FONT,
+) -> str:
     return (
         f'<text x="{x:.1f}" y="{y:.1f}" font-family="{family}" font-size="{size}"'
         f' font-weight="{weight}" fill="{fill}" text-anchor="{anchor}">{escape(s)}</text>'
@@ -88,10 +97,10 @@ def _segments(ram: tuple[int, int], regions: list[Region]) -> list[_Seg]:
         cuts |= {min(max(r.start, lo), hi), min(max(r.end, lo), hi)}
     points = sorted(cuts)
     segs = []
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         owner = next((r for r in main if r.start <= a and r.end >= b), None)
         segs.append(_Seg(a, b, _height(b - a, owner is not None), owner))
-    y = MAP_TOP
+    y: float = MAP_TOP
     for seg in reversed(segs):  # high addresses on top
         seg.y = y
         y += seg.height
@@ -117,8 +126,10 @@ def _address_labels(segs: list[_Seg], bottom: float) -> list[str]:
     for y, addr in sorted(marks, key=lambda m: -m[0]):  # bottom-up: low addresses first
         if last - y >= 11 or last < 0:
             out.append(_text(ADDR_X, y + 3.5, f"{addr:#x}", 10, "end", family=MONO))
-            out.append(f'<line x1="{ADDR_X + 2}" y1="{y:.1f}" x2="{COL_X}" y2="{y:.1f}"'
-                       ' stroke="#868e96" stroke-width="0.8"/>')  # fmt: skip
+            out.append(
+                f'<line x1="{ADDR_X + 2}" y1="{y:.1f}" x2="{COL_X}" y2="{y:.1f}"'
+                ' stroke="#868e96" stroke-width="0.8"/>'
+            )
             last = y
     return out
 
@@ -127,21 +138,42 @@ def _column(segs: list[_Seg]) -> list[str]:
     out = []
     for s in segs:
         if s.main is None:
-            out.append(f'<rect x="{COL_X}" y="{s.y:.1f}" width="{COL_W}" height="{s.height:.1f}"'
-                       f' fill="{KINDS["free"][0]}" stroke="#ced4da" stroke-dasharray="4 3"/>')  # fmt: skip
+            out.append(
+                f'<rect x="{COL_X}" y="{s.y:.1f}" width="{COL_W}" height="{s.height:.1f}"'
+                f' fill="{KINDS["free"][0]}" stroke="#ced4da" stroke-dasharray="4 3"/>'
+            )
             if s.height >= 14:
                 label = f"free · {_size(s.end - s.start)}"
-                out.append(_text(COL_X + COL_W / 2, s.y + s.height / 2 + 4, label, 10,
-                                 "middle", fill="#868e96"))  # fmt: skip
+                out.append(
+                    _text(
+                        COL_X + COL_W / 2,
+                        s.y + s.height / 2 + 4,
+                        label,
+                        10,
+                        "middle",
+                        fill="#868e96",
+                    )
+                )
     drawn = {id(s.main): s.main for s in segs if s.main is not None}
     for r in drawn.values():
         y0, y1 = _span(segs, r)
         fill = KINDS.get(r.kind, KINDS["reserved"])[0]
-        out.append(f'<rect x="{COL_X}" y="{y0:.1f}" width="{COL_W}" height="{y1 - y0:.1f}"'
-                   f' fill="{fill}" stroke="#343a40" stroke-width="1"/>')  # fmt: skip
+        out.append(
+            f'<rect x="{COL_X}" y="{y0:.1f}" width="{COL_W}" height="{y1 - y0:.1f}"'
+            f' fill="{fill}" stroke="#343a40" stroke-width="1"/>'
+        )
         dark = r.kind in ("kernel", "footprint")
-        out.append(_text(COL_X + COL_W / 2, (y0 + y1) / 2 + 4, r.name, 11, "middle", "bold",
-                         "#ffffff" if dark else "#212529"))  # fmt: skip
+        out.append(
+            _text(
+                COL_X + COL_W / 2,
+                (y0 + y1) / 2 + 4,
+                r.name,
+                11,
+                "middle",
+                "bold",
+                "#ffffff" if dark else "#212529",
+            )
+        )
     return out
 
 
@@ -150,8 +182,10 @@ def _footprints(segs: list[_Seg], regions: list[Region]) -> list[str]:
     for r in regions:
         if r.kind == "footprint":
             y0, y1 = _span(segs, r)
-            out.append(f'<rect x="{LANE_X}" y="{y0:.1f}" width="{LANE_W}" height="{y1 - y0:.1f}"'
-                       ' fill="url(#hatch)" stroke="#1d3557"/>')  # fmt: skip
+            out.append(
+                f'<rect x="{LANE_X}" y="{y0:.1f}" width="{LANE_W}" height="{y1 - y0:.1f}"'
+                ' fill="url(#hatch)" stroke="#1d3557"/>'
+            )
     return out
 
 
@@ -165,8 +199,10 @@ def _labels(segs: list[_Seg], regions: list[Region]) -> list[str]:
     out = []
     for (target, r), y in zip(items, centres, strict=True):
         x0 = LANE_X + LANE_W if r.kind == "footprint" else COL_X + COL_W
-        out.append(f'<polyline points="{x0},{target:.1f} {LABEL_X - 14},{target:.1f}'
-                   f' {LABEL_X - 4},{y:.1f}" fill="none" stroke="#868e96"/>')  # fmt: skip
+        out.append(
+            f'<polyline points="{x0},{target:.1f} {LABEL_X - 14},{target:.1f}'
+            f' {LABEL_X - 4},{y:.1f}" fill="none" stroke="#868e96"/>'
+        )
         head = f"{r.name} · {_size(r.size)}"
         out.append(_text(LABEL_X, y - 8, head, 11.5, weight="bold"))
         where = f"{r.start:#x} – {r.end - 1:#x}"
@@ -176,19 +212,39 @@ def _labels(segs: list[_Seg], regions: list[Region]) -> list[str]:
     return out
 
 
+def _above(ex: Explanation) -> str:
+    shown = (ex.placement.ram[1] - ex.placement.ram[0]) >> 20
+    return f" (+{ex.memory_mib - shown} MiB above 4 GiB)" if shown < ex.memory_mib else ""
+
+
 def _memory_map(ex: Explanation) -> tuple[list[str], float]:
     p = ex.placement
-    out = [_text(20, MAP_TOP - 34, "Guest memory", 15, weight="bold"),
-           _text(20, MAP_TOP - 16, f"physical addresses, RAM {p.ram[0]:#x}–{p.ram[1]:#x};"
-                 " heights grow with log(size)", 10.5, fill="#495057")]  # fmt: skip
+    out = [
+        _text(20, MAP_TOP - 34, "Guest memory", 15, weight="bold"),
+        _text(
+            20,
+            MAP_TOP - 16,
+            f"physical addresses, RAM {p.ram[0]:#x}–{p.ram[1]:#x}{_above(ex)};"
+            " heights grow with log(size)",
+            10.5,
+            fill="#495057",
+        ),
+    ]
     regions = [r for r in p.regions if r.end > p.ram[0] and r.start < p.ram[1]]
     segs = _segments(p.ram, regions)
     bottom = segs[0].y + segs[0].height
     out += _column(segs) + _footprints(segs, regions) + _address_labels(segs, bottom)
     out += _labels(segs, regions)
     if not regions:
-        out.append(_text(COL_X + COL_W + 16, MAP_TOP + 20, "chosen at run time by the"
-                         " firmware and the EFI stub", 11, fill="#495057"))  # fmt: skip
+        out.append(
+            _text(
+                COL_X + COL_W + 16,
+                MAP_TOP + 20,
+                "chosen at run time by the firmware and the EFI stub",
+                11,
+                fill="#495057",
+            )
+        )
     label_bottom = MAP_TOP + LABEL_GAP * len(regions) + 20
     return out, max(bottom, label_bottom)
 
@@ -199,8 +255,7 @@ def _legend(ex: Explanation, top: float) -> tuple[list[str], float]:
     for i, kind in enumerate(kinds):
         x, y = 20 + (i % 3) * 230, top + 26 + (i // 3) * 22
         fill = "url(#hatch)" if kind == "footprint" else KINDS[kind][0]
-        out.append(f'<rect x="{x}" y="{y}" width="22" height="14" fill="{fill}"'
-                   ' stroke="#343a40"/>')  # fmt: skip
+        out.append(f'<rect x="{x}" y="{y}" width="22" height="14" fill="{fill}" stroke="#343a40"/>')
         out.append(_text(x + 30, y + 11, KINDS[kind][1], 11))
     return out, top + 26 + ((len(kinds) + 2) // 3) * 22
 
@@ -228,12 +283,16 @@ def _message(n: int, x1: float, x2: float, y: float, text: str) -> tuple[list[st
     out = [_text(anchor_x, y + 11 + 14 * i, line, 11) for i, line in enumerate(lines)]
     if self_msg:
         ay = y + 6
-        out.append(f'<path d="M{x1},{ay} h34 v{14 * len(lines) + 4} h-32" fill="none"'
-                   ' stroke="#212529" stroke-width="1.4" marker-end="url(#arrow)"/>')  # fmt: skip
+        out.append(
+            f'<path d="M{x1},{ay} h34 v{14 * len(lines) + 4} h-32" fill="none"'
+            ' stroke="#212529" stroke-width="1.4" marker-end="url(#arrow)"/>'
+        )
         return out, ay + 14 * len(lines) + 22
     ay = y + 14 * len(lines) + 6
-    out.append(f'<line x1="{x1}" y1="{ay}" x2="{x2 + (-3 if x2 > x1 else 3)}" y2="{ay}"'
-               ' stroke="#212529" stroke-width="1.4" marker-end="url(#arrow)"/>')  # fmt: skip
+    out.append(
+        f'<line x1="{x1}" y1="{ay}" x2="{x2 + (-3 if x2 > x1 else 3)}" y2="{ay}"'
+        ' stroke="#212529" stroke-width="1.4" marker-end="url(#arrow)"/>'
+    )
     return out, ay + 16
 
 
@@ -250,19 +309,30 @@ def _sequence(ex: Explanation) -> tuple[list[str], float]:
     actors = ex.handoff.actors
     xs = _actor_x(actors)
     box_w = min((SEQ_X1 - SEQ_X0) / len(actors) - 8, 120)
-    out = [_text(SEQ_X0, MAP_TOP - 34, "Hand-off sequence", 15, weight="bold"),
-           _text(SEQ_X0, MAP_TOP - 16, f"firmware: {ex.handoff.firmware}; loader:"
-                 f" {ex.handoff.loader}", 10.5, fill="#495057")]  # fmt: skip
-    y = MAP_TOP + 44
+    out = [
+        _text(SEQ_X0, MAP_TOP - 34, "Hand-off sequence", 15, weight="bold"),
+        _text(
+            SEQ_X0,
+            MAP_TOP - 16,
+            f"firmware: {ex.handoff.firmware}; loader: {ex.handoff.loader}",
+            10.5,
+            fill="#495057",
+        ),
+    ]
+    y: float = MAP_TOP + 44
     body: list[str] = []
     for n, (a, b, text) in enumerate(ex.sequence, 1):
         svg, y = _message(n, xs[a], xs[b], y, text)
         body += svg
     for a, x in xs.items():
-        out.append(f'<line x1="{x}" y1="{MAP_TOP + 30}" x2="{x}" y2="{y}" stroke="#adb5bd"'
-                   ' stroke-dasharray="5 4"/>')  # fmt: skip
-        out.append(f'<rect x="{x - box_w / 2:.1f}" y="{MAP_TOP}" width="{box_w:.1f}" height="30"'
-                   ' rx="5" fill="#e9ecef" stroke="#495057"/>')  # fmt: skip
+        out.append(
+            f'<line x1="{x}" y1="{MAP_TOP + 30}" x2="{x}" y2="{y}" stroke="#adb5bd"'
+            ' stroke-dasharray="5 4"/>'
+        )
+        out.append(
+            f'<rect x="{x - box_w / 2:.1f}" y="{MAP_TOP}" width="{box_w:.1f}" height="30"'
+            ' rx="5" fill="#e9ecef" stroke="#495057"/>'
+        )
         lines = _split_name(a, int((box_w - 8) / 6.8))
         for i, line in enumerate(lines):
             y0 = MAP_TOP + 19 + (i - (len(lines) - 1) / 2) * 12
@@ -275,20 +345,44 @@ def _fw_cfg_box(ex: Explanation, top: float) -> tuple[list[str], float]:
     items = ex.placement.fw_cfg
     if not items:
         return [], top
-    out = [_text(SEQ_X0, top + 16, "fw_cfg items QEMU publishes (what the firmware reads)", 12,
-                 weight="bold")]  # fmt: skip
+    out = [
+        _text(
+            SEQ_X0,
+            top + 16,
+            "fw_cfg items QEMU publishes (what the firmware reads)",
+            12,
+            weight="bold",
+        )
+    ]
     addrs = {i.name.removesuffix("_addr"): i.value for i in items if i.name.endswith("_addr")}
-    y = top + 36
+    head = ((0, "key"), (60, "data item"), (250, "size"), (340, "its *_addr item"))
+    out += [_text(SEQ_X0 + dx, top + 34, t, 10, weight="bold", fill="#495057") for dx, t in head]
+    y = top + 50
     for item in items:
         if item.name.endswith(("_addr", "_size")):
             continue
         role = item.name.removesuffix("_data")
         key = f"{item.key:#06x}" if item.key is not None else "file"
         addr = addrs.get(role)
-        cells = ((0, key), (60, item.name), (250, _size(item.size) if item.size else "? bytes"),
-                 (340, f"→ {addr:#x}" if isinstance(addr, int) else ""))  # fmt: skip
+        cells = (
+            (0, key),
+            (60, item.name),
+            (250, _size(item.size) if item.size else "? bytes"),
+            (340, f"{addr:#x}" if isinstance(addr, int) else "-"),
+        )
         out += [_text(SEQ_X0 + dx, y, text, 10.5, family=MONO) for dx, text in cells]
         y += 15
+    if ex.handoff.boot == "uefi":
+        out.append(
+            _text(
+                SEQ_X0,
+                y + 4,
+                "UEFI ignores the *_addr items: it allocates memory itself",
+                10,
+                fill="#495057",
+            )
+        )
+        y += 18
     return out, y
 
 
@@ -306,16 +400,21 @@ _DEFS = """<defs>
 
 def _header(ex: Explanation) -> list[str]:
     kernel = ex.image.kernel_version if ex.image and ex.image.kernel_version else "kernel"
-    sizes = " · ".join(f"{a.role} {_size(a.size) if a.size is not None else '?'}"
-                       for a in ex.artifacts)  # fmt: skip
+    sizes = " · ".join(
+        f"{a.role} {_size(a.size) if a.size is not None else '?'}" for a in ex.artifacts
+    )
     cmd = ex.cmdline_text if len(ex.cmdline_text) < 150 else ex.cmdline_text[:147] + "..."
     return [
         _text(20, 34, f"Boot chain: {ex.title}, {ex.memory_mib} MiB", 20, weight="bold"),
-        _text(20, 56, f"{kernel} ({ex.image.format if ex.image else '?'}) · {sizes}"
-              f" · backend {ex.backend}", 12, fill="#495057"),
-        _text(20, 74, f"kernel command line: {cmd or '(empty)'}", 11, fill="#495057",
-              family=MONO),
-    ]  # fmt: skip
+        _text(
+            20,
+            56,
+            f"{kernel} ({ex.image.format if ex.image else '?'}) · {sizes} · backend {ex.backend}",
+            12,
+            fill="#495057",
+        ),
+        _text(20, 74, f"kernel command line: {cmd or '(empty)'}", 11, fill="#495057", family=MONO),
+    ]
 
 
 def render_svg(ex: Explanation) -> str:
@@ -334,7 +433,10 @@ def render_svg(ex: Explanation) -> str:
         *_header(ex),
         f'<line x1="{SEQ_X0 - 24}" y1="{MAP_TOP - 50}" x2="{SEQ_X0 - 24}" y2="{height - 16}"'
         ' stroke="#dee2e6"/>',
-        *memory, *legend, *seq, *fw_cfg,
+        *memory,
+        *legend,
+        *seq,
+        *fw_cfg,
         "</svg>",
-    ]  # fmt: skip
+    ]
     return "\n".join(parts) + "\n"

@@ -28,7 +28,7 @@ import shlex
 import string
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,8 @@ class Explanation:
         ident = self.identification
         what = (ident.name or ident.os) if ident else None
         firmware = self.handoff.firmware.split(" (")[0]
-        return f"{what or 'kernel + initrd'} on {self.arch} ({self.machine}, firmware {firmware})"
+        firmware = "no firmware" if firmware == "none" else firmware
+        return f"{what or 'kernel + initrd'} on {self.arch} ({self.machine}, {firmware})"
 
     def to_json(self) -> dict[str, Any]:
         p, h, ident = self.placement, self.handoff, self.identification
@@ -156,32 +157,14 @@ class Explanation:
 
 
 def _ident_json(ident: Identification) -> dict[str, Any]:
-    keys = (
-        "location",
-        "os",
-        "name",
-        "version",
-        "arch",
-        "installer",
-        "media",
-        "verified",
-        "evidence",
-        "kernel",
-        "initrd",
-    )
+    keys = ("location", "os", "name", "version", "arch", "installer", "media", "verified",
+            "evidence", "kernel", "initrd")  # fmt: skip
     d = ident.to_json()
     return {k: d.get(k) for k in keys}
 
 
 def _region_json(r: Region) -> dict[str, Any]:
-    return {
-        "name": r.name,
-        "start": r.start,
-        "end": r.end,
-        "size": r.size,
-        "kind": r.kind,
-        "detail": r.detail,
-    }
+    return {**asdict(r), "end": r.end}
 
 
 # -- gathering: artifacts, then install's own dry-run plan ----------------------------------
@@ -221,37 +204,19 @@ def _join(location: str, rel: str) -> str:
 
 
 def _local_artifact(role: str, path: Path) -> Artifact:
-    return Artifact(
-        role,
-        str(path),
-        None,
-        str(path),
-        path.stat().st_size,
-        _sha256(path),
-        None,
-        str(Verified.NONE),
-        "a local file you gave: nothing to verify against",
-    )
+    how = "a local file you gave: nothing to verify against"
+    size, digest = path.stat().st_size, _sha256(path)
+    return Artifact(role, str(path), None, str(path), size, digest, None, "none", how)
 
 
 def _fetched_artifacts(result: FetchResult) -> list[Artifact]:
     ident = result.identification
     out = []
     for a in (result.kernel, result.initrd):
-        out.append(
-            Artifact(
-                a.role,
-                a.source,
-                _join(ident.location, a.source),
-                str(a.path),
-                a.size,
-                a.sha256,
-                ident.checksums.get(a.source),
-                str(a.verified),
-                VERIFIED_HOW[a.verified],
-                a.from_cache,
-            )
-        )
+        url, published = _join(ident.location, a.source), ident.checksums.get(a.source)
+        how = VERIFIED_HOW[a.verified]
+        out.append(Artifact(a.role, a.source, url, str(a.path), a.size, a.sha256, published,
+                            str(a.verified), how, a.from_cache))  # fmt: skip
     return out
 
 
@@ -394,7 +359,8 @@ def _check_backend(backend: str) -> None:
     raise UsageError(f"unknown backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
 
 
-def _read_image(path: Path | None, warnings: list[str]) -> KernelImage | None:
+def _read_image(path: Path | None, warnings: list[str] | None) -> KernelImage | None:
+    """The kernel's header; a format treeboot does not parse adds a short warning."""
     if path is None:
         return None
     from treeboot.kernel import read_kernel
@@ -402,7 +368,8 @@ def _read_image(path: Path | None, warnings: list[str]) -> KernelImage | None:
     try:
         return read_kernel(path)
     except KernelImageError as e:
-        warnings.append(f"kernel header not read: {e.message}")
+        if warnings is not None:
+            warnings.append("kernel header not read: " + e.message.split("; expected")[0])
         return None
 
 
@@ -435,7 +402,7 @@ def _with_kernel_arch(req: ExplainRequest) -> ExplainRequest:
     kernel = _local(req.kernel)
     if req.arch or req.location or kernel is None:
         return req
-    image = _read_image(kernel, [])
+    image = _read_image(kernel, None)
     return replace(req, arch=image.arch) if image and image.arch else req
 
 
@@ -449,7 +416,8 @@ def explain(req: ExplainRequest) -> Explanation:
     g = _gather(req)
     plan, argv, ident, handoff = _plan(req, g, rules)
     warnings: list[str] = []
-    image = _read_image(g.kernel, warnings)
+    # treeboot reads no s390 image header: nothing to warn about there
+    image = _read_image(g.kernel, None if plan.arch is Architecture.S390X else warnings)
     warnings += _arch_warning(image, plan.arch)
     from treeboot.cmdline import join_cmdline
 
@@ -473,9 +441,9 @@ def explain(req: ExplainRequest) -> Explanation:
         **placement.facts,
         "binary": argv[0],
         "machine": machine,
-        "memory_mib": f"{plan.memory_mib} MiB",
+        "memory_mib": str(plan.memory_mib),
         "firmware_file": firmware,
-        "installer": (ident.installer if ident else None) or "its init",
+        "installer": (ident.installer if ident else None) or "the initrd's own program",
     }
     sequence = [(s.source, s.target, _fill(s.text, values)) for s in handoff.steps]
     return Explanation(
@@ -527,10 +495,11 @@ def human_size(n: int | None) -> str:
     return f"{n} bytes"
 
 
-def _wrap(text: str, indent: str = "  ", width: int = 96) -> list[str]:
+def _wrap(text: str, indent: str = "  ", hang: str = "  ") -> list[str]:
     import textwrap
 
-    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent) or [indent]
+    out = textwrap.wrap(text, 96, initial_indent=indent, subsequent_indent=indent + hang)
+    return out or [indent]
 
 
 def _artifact_lines(ex: Explanation) -> list[str]:
@@ -545,7 +514,7 @@ def _artifact_lines(ex: Explanation) -> list[str]:
         lines.append(f"  {a.role:<9} {a.source}")
         digest = f", sha256 {a.sha256[:16]}..." if a.sha256 else ""
         lines.append(f"            {a.size if a.size is not None else '?'} bytes{digest}")
-        lines += _wrap(f"verified: {a.verified} -- {a.how}", " " * 12)
+        lines += _wrap(f"verified: {a.verified} -- {a.how}", " " * 12, "")
         if a.path and a.path != a.source:
             cached = " (cache hit)" if a.from_cache else ""
             lines.append(f"            local file {a.path}{cached}")
@@ -597,17 +566,17 @@ def format_explanation(ex: Explanation) -> str:
     size = len(ex.cmdline_text.encode()) + 1
     limit = f", the kernel keeps {ex.image.x86.cmdline_size}" if ex.image and ex.image.x86 else ""
     lines += ["", f"Kernel command line ({size} bytes with the NUL{limit})"]
-    lines += _wrap(ex.cmdline_text or "(empty)")
+    lines += _wrap(ex.cmdline_text or "(empty)", "  ", "")
     lines += ["", "QEMU command (as treeboot install runs it)", "  " + format_argv(ex.argv)]
     lines += ["", f"Firmware: {h.firmware}; loader: {h.loader}"]
     if ex.firmware_path:
         lines.append(f"  firmware file {ex.firmware_path}")
-    lines += _wrap(h.loader_how)
+    lines += _wrap(h.loader_how, "  ", "")
     lines += _fw_cfg_lines(ex.placement.fw_cfg)
     lines += _memory_lines(ex)
     lines += ["", "Hand-off sequence"]
     for i, (a, b, text) in enumerate(ex.sequence, 1):
-        lines += _wrap(f"{i}. {a} -> {b}: {text}", "  ", 96)
+        lines += _wrap(f"{i}. {a} -> {b}: {text}", "  ", "   ")
     for title, items in (
         ("Notes", ex.notes),
         ("Assumptions", ex.placement.assumptions),

@@ -44,7 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("treeboot.fetch")
 
 ROLES = ("kernel", "initrd")
-MAX_ARTIFACT_SIZE = 2 << 30  # far above any kernel/initrd; stops a body that never ends
+MAX_ARTIFACT_SIZE = 2 << 30  # far above any kernel/initrd (a NixOS netboot initrd is ~1 GiB)
+# A body whose length the server does not announce (chunked or close-delimited) is cut here:
+# static mirrors always announce it, so a long unannounced body is someone stalling us.
+MAX_UNANNOUNCED_SIZE = 256 << 20
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _FICLONE = 0x40049409  # linux/fs.h: share extents (btrfs, xfs) instead of copying
 
@@ -85,6 +88,7 @@ def fetch(
     require_signature: bool = False,
     timeout: float = 30.0,
     cache: Cache | None = None,
+    keyring: Path | None = None,
 ) -> FetchResult:
     """Identify ``location`` (unless given an Identification) and fetch its kernel and initrd.
 
@@ -99,7 +103,7 @@ def fetch(
     cache.ensure()
     with open_location(spec, insecure=insecure, timeout=timeout) as loc:
         if given is None:
-            ident = _identify(loc, arch=arch, kernel=kernel, initrd=initrd)
+            ident = _identify(loc, arch=arch, kernel=kernel, initrd=initrd, keyring=keyring)
         else:
             ident = replace(given, kernel=kernel or given.kernel, initrd=initrd or given.initrd)
         if require_signature and ident.verified != Verified.SIGNED_CHAIN:
@@ -119,7 +123,12 @@ def fetch(
 
 
 def _identify(
-    loc: Location, *, arch: str | None, kernel: str | None, initrd: str | None
+    loc: Location,
+    *,
+    arch: str | None,
+    kernel: str | None,
+    initrd: str | None,
+    keyring: Path | None = None,
 ) -> Identification:
     try:
         from treeboot.detect import identify_location
@@ -130,7 +139,7 @@ def _identify(
             "cannot identify the location: treeboot.detect is not available",
             hint="pass an Identification to fetch()",
         ) from e
-    return identify_location(loc, arch=arch, kernel=kernel, initrd=initrd)
+    return identify_location(loc, arch=arch, kernel=kernel, initrd=initrd, keyring=keyring)
 
 
 def _plans(ident: Identification, pinned: Mapping[str, str]) -> list[_Plan]:
@@ -367,6 +376,8 @@ def _download(
     def on_start(st: RemoteStat, start: int) -> None:
         if st.size is not None and st.size > limit:
             raise _TooBig()
+        if st.size is None:
+            sink.limit = min(limit, MAX_UNANNOUNCED_SIZE)
         started.append(st)
         cache.save_partial(key, PartialMeta(loc.url, rel, st.validator, st.size))
         transfer.start(st.size, start)
@@ -394,8 +405,10 @@ def _download(
         raise FetchError(e.message, hint=e.hint) from e
     except _TooBig as e:
         cache.discard_partial(key)
+        announced = "" if not started or started[0].size is not None else " (length unannounced)"
         raise FetchError(
-            f"{redact(loc.url + rel)} is larger than {limit} bytes: refusing to download it",
+            f"{redact(loc.url + rel)} is larger than {sink.limit} bytes{announced}:"
+            " refusing to download it",
             hint="a kernel or initrd is never that big: check the location (or raise max_size)",
         ) from e
     except OSError as e:
