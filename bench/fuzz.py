@@ -5,9 +5,9 @@
     .venv/bin/python bench/fuzz.py --atheris -t release --runs 100000   # if atheris is installed
 
 Targets live in tests/_fuzz_targets.py (treeinfo, MANIFEST, SUSE content, .disk/info, Release,
-SHA256SUMS, boot loader configs, ISO9660); kernel-header and cpio targets of the boot-artifacts
-tests are added when their module exposes ``FUZZ_TARGETS``. Prints one JSON line per target:
-examples run, failures (with the smallest failing input), seconds, peak RSS.
+SHA256SUMS, boot loader configs, ISO9660). The kernel-header and initrd/cpio fuzzers of the
+boot-artifacts tests (tests/test_kernel.py, tests/test_initrd.py) run here too, with more
+examples. Prints one JSON line per target: examples run, failure (if any), seconds, peak RSS.
 """
 
 from __future__ import annotations
@@ -24,21 +24,37 @@ from typing import Any
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
-from _fuzz_targets import TARGETS, Target, check_one  # noqa: E402
+from _fuzz_targets import TARGETS, Target, check_one  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
-# Other helpers' fuzz targets (same Target type), imported when they exist.
-EXTRA_TARGET_MODULES = ["_boot_fuzz_targets", "_kernel_helpers", "_cpio_helpers"]
+# The boot-artifacts helper's hypothesis fuzz tests: (target name, test module, test function).
+EXTERNAL = [
+    ("kernel-headers", "test_kernel", "test_fuzz_mutated_headers"),
+    ("kernel-random", "test_kernel", "test_fuzz_random_bytes"),
+    ("initrd-cpio", "test_initrd", "test_fuzz_mutated_initrds"),
+    ("initrd-random", "test_initrd", "test_fuzz_random_initrds"),
+]
 
 
 def all_targets() -> list[Target]:
-    targets = list(TARGETS)
-    for name in EXTRA_TARGET_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        targets += list(getattr(mod, "FUZZ_TARGETS", []))
-    return targets
+    return list(TARGETS)
+
+
+def run_external(module: str, func: str, examples: int) -> dict[str, Any]:
+    """Run another suite's @given test with more examples (its own property and strategy)."""
+    from hypothesis import settings
+
+    try:
+        test = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        return {"skipped": f"{module}.{func}: {e}"}
+    # Its @settings cannot be applied twice; replace the settings hypothesis reads.
+    base = getattr(test, "_hypothesis_internal_use_settings", settings())
+    test._hypothesis_internal_use_settings = settings(base, max_examples=examples, database=None)
+    try:
+        test()
+    except Exception as e:
+        return {"failure": f"{type(e).__name__}: {e}"[:4000]}
+    return {"failure": None}
 
 
 def run_hypothesis(target: Target, module: Any, examples: int, seed: int | None) -> dict[str, Any]:
@@ -92,10 +108,21 @@ def main() -> int:
     if args.list:
         for t in targets:
             print(t.name, t.module)
+        for name, module, func in EXTERNAL:
+            print(name, f"{module}.{func}")
         return 0
     if args.target:
         targets = [t for t in targets if t.name in set(args.target)]
     failed = 0
+    for name, module, func in EXTERNAL:
+        if args.atheris or (args.target and name not in args.target):
+            continue
+        start = time.monotonic()
+        result = run_external(module, func, args.examples)
+        result.update(target=name, examples=args.examples,
+                      seconds=round(time.monotonic() - start, 1))  # fmt: skip
+        failed += result.get("failure") is not None
+        print(json.dumps(result), flush=True)
     for target in targets:
         module = target.load()
         if module is None:

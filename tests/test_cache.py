@@ -102,9 +102,13 @@ def test_prune_default_removes_only_orphans(cache: Cache) -> None:
     orphan = hashlib.sha256(b"orphan").hexdigest()
     (cache.blobs / orphan).write_bytes(b"orphan")
     (cache.tmp / "stray").write_bytes(b"x")
+    resumable = source_key("u", "big")
+    cache.partial(resumable)[0].write_bytes(b"partial")
+    cache.save_partial(resumable, PartialMeta("u", "big", '"v"', 100))
     report = cache.prune()
     assert sorted(report.removed) == [f"blobs/sha256/{orphan}", "tmp/stray"]
     assert cache.find_blob(kept) is not None
+    assert all(p.exists() for p in cache.partial(resumable))
 
 
 def test_prune_all_spares_downloads_in_progress(cache: Cache) -> None:

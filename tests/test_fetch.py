@@ -45,12 +45,12 @@ CLI_WITH_STUB_DETECT = """
 import json, os, sys, types
 from treeboot.model import Identification, Media, Verified
 spec = json.loads(os.environ["TREEBOOT_TEST_IDENT"])
-def identify_location(loc, *, arch=None, kernel=None, initrd=None):
+def identify_location(loc, *, arch=None, kernel=None, initrd=None, **_):
     loc.read(".treeinfo")
     fields = dict(spec, location=loc.url, media=Media(spec["media"]))
     fields["verified"] = Verified(spec["verified"])
     return Identification(**fields)
-def identify(location, *, arch=None, kernel=None, initrd=None, insecure=False, timeout=30.0):
+def identify(location, *, insecure=False, timeout=30.0, **_):
     from treeboot.locations import open_location
     with open_location(location, insecure=insecure, timeout=timeout) as loc:
         return identify_location(loc)

@@ -96,6 +96,20 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     for name, path in [("dotdot", "../../../../../etc/passwd"), ("absolute", "/etc/passwd"),
                        ("dotdot-inner", "images/../../tree/images/pxeboot/vmlinuz")]:  # fmt: skip
         write_tree(base, name, kernel, initrd, treeinfo(kernel, initrd, kernel_path=path))
+    # A Debian tree whose MANIFEST and SHA256SUMS name paths outside it.
+    images = base / "debian/dists/bookworm/main/installer-amd64/current/images"
+    netboot = images / "netboot/debian-installer/amd64"
+    netboot.mkdir(parents=True)
+    (netboot / "linux").write_bytes(kernel)
+    (netboot / "initrd.gz").write_bytes(initrd)
+    hostile = ["../../../../../../etc/passwd", "/etc/passwd", "netboot/../../../../../etc/passwd"]
+    (images / "MANIFEST").write_text(
+        "".join(f"{p:40} -- Linux kernel for netboot\n" for p in hostile)
+        + "netboot/debian-installer/amd64/linux -- Linux kernel\n"
+    )
+    (images / "SHA256SUMS").write_text(
+        "".join(f"{hashlib.sha256(kernel).hexdigest()}  {p}\n" for p in hostile)
+    )
     return Tree(base, kernel, initrd)
 
 
@@ -436,6 +450,7 @@ CLI_IDENTIFY_CASES = {
     ("ok", "dotdot"): ERROR,
     ("ok", "absolute"): ERROR,
     ("ok", "dotdot-inner"): ERROR,
+    ("ok", "debian/dists/bookworm/main/installer-amd64"): EITHER,
 }
 
 
@@ -470,6 +485,10 @@ def test_cli_identify_hostile_metadata(
     )
     if CLI_IDENTIFY_CASES[(mode, tree_name)] == ERROR or proc.returncode != 0:
         assert_clear_cli_error(proc)
+    if proc.returncode == 0:  # identified: then only with paths inside the tree
+        out = json.loads(proc.stdout)
+        for path in (out["kernel"], out["initrd"], *out["checksums"]):
+            assert path and not path.startswith("/") and ".." not in path.split("/"), out
     if tree_name != "tree":
         assert not any("etc/passwd" in r.path for r in server.state.log)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from _hostile_server import HostileServer
+from _signature_helpers import make_debian_tree
 from test_hostile import KERNEL, assert_clean_cache, treeinfo, write_tree
 
 pytestmark = pytest.mark.network
@@ -171,12 +172,14 @@ def test_killing_install_leaves_no_qemu_and_keeps_disk_and_logs(tmp_path: Path) 
     di = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
     if not (di / "linux").is_file():
         pytest.skip("debian-installer-12-netboot-amd64 is not installed")
+    tree = make_debian_tree(tmp_path / "srv", None, mode="none", kernel=(di / "linux").read_bytes(),
+                            initrd=(di / "initrd.gz").read_bytes())  # fmt: skip
     env = dict(
         os.environ, TREEBOOT_CACHE=str(tmp_path / "cache"), TREEBOOT_HOME=str(tmp_path / "home")
     )
-    args = [sys.executable, "-m", "treeboot", "install", str(di) + "/", "--name", "killme",
-            "--kernel", "linux", "--initrd", "initrd.gz", "--disk", "size=1", "--accel", "tcg",
-            "--console", "none", "--memory", "512"]  # fmt: skip
+    args = [sys.executable, "-m", "treeboot", "install", str(tree.location) + "/",
+            "--name", "killme", "--disk", "size=1", "--accel", "tcg", "--console", "none",
+            "--memory", "512"]  # fmt: skip
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )

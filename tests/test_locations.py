@@ -377,8 +377,12 @@ def https_url(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.mark.network
 def test_https_self_signed_needs_insecure(https_url: str) -> None:
-    with open_location(https_url, timeout=5) as loc, pytest.raises(LocationError):
+    with (
+        open_location(https_url, timeout=5) as loc,
+        pytest.raises(LocationError, match="CERTIFICATE_VERIFY_FAILED") as err,
+    ):
         loc.read("meta0")
+    assert "--insecure" in str(err.value.hint)
     with open_location(https_url, insecure=True, timeout=5) as loc:
         assert loc.read("meta0") == b"metadata 0\n"
         with pytest.raises(LocationError, match="https:// must not redirect to http://"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from treeboot.errors import DetectionError, UsageError
-from treeboot.output import emit_json
+from treeboot.output import emit_json, notice
 
 if TYPE_CHECKING:
     from treeboot.cache import Cache
@@ -70,7 +70,14 @@ def _location_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def warn_insecure(args: argparse.Namespace) -> None:
+    """--insecure is never silent (issue 6): say on stderr what is no longer checked."""
+    if getattr(args, "insecure", False):
+        notice("--insecure: TLS certificates are not verified; checksums still are")
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
+    warn_insecure(args)
     try:
         from treeboot.detect import identify
     except ModuleNotFoundError as e:
@@ -140,6 +147,7 @@ def parse_checksum_options(values: list[str]) -> tuple[dict[str, str], list[str]
 def cmd_fetch(args: argparse.Namespace) -> int:
     from treeboot.fetch import fetch
 
+    warn_insecure(args)
     pinned, bare = parse_checksum_options(args.checksum)
     result = fetch(
         args.location,

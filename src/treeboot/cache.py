@@ -212,9 +212,10 @@ class Cache:
     def prune(
         self, *, everything: bool = False, older_than_days: float | None = None
     ) -> PruneReport:
-        """Remove unused blobs (all, or not used for ``older_than_days``), orphans, stale temps.
-
-        Waits for fetches that are adding blobs; downloads in progress are left alone.
+        """Remove orphans (blobs nobody indexes, index entries without blob, stray temps) and
+        also every blob and partial download (``everything``) or those unused for
+        ``older_than_days``. Waits for fetches that are adding blobs; downloads in progress
+        are left alone.
         """
         report = PruneReport()
         if not self.root.is_dir():
@@ -225,7 +226,7 @@ class Cache:
         try:
             self._prune_blobs(report, everything, cutoff)
             self._prune_index(report)
-            self._prune_tmp(report, everything)
+            self._prune_tmp(report, everything, cutoff)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -256,9 +257,12 @@ class Cache:
             if not sha or not self.blob_path(str(sha)).exists():
                 self._remove(p, report)
 
-    def _prune_tmp(self, report: PruneReport, everything: bool) -> None:
+    def _prune_tmp(self, report: PruneReport, everything: bool, cutoff: float | None) -> None:
         for part in sorted(self.tmp.glob("*.part")):
             key = part.name.removesuffix(".part")
+            stale = cutoff is not None and part.stat().st_mtime < cutoff
+            if not (everything or stale):
+                continue  # kept so that the next fetch resumes it
             with self.lock(key, blocking=False) as got:
                 if not got:
                     report.busy.append(str(part.relative_to(self.root)))
