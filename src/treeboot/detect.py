@@ -113,6 +113,15 @@ class Probe:
         except TreebootError as e:
             self._exists[path] = e
 
+    def known_urls(self) -> dict[str, bytes | None]:
+        """What was read so far, by absolute URL (errors and soft-404 pages left out)."""
+        out: dict[str, bytes | None] = {}
+        for path, value in self._data.items():
+            if path == self.canary or isinstance(value, TreebootError):
+                continue
+            out[self.loc.url + path] = None if value == self.soft_404 else value
+        return out
+
     def data(self, path: str) -> bytes | None:
         value = self._data.get(path)
         if isinstance(value, TreebootError):
@@ -167,11 +176,19 @@ def identify_location(
         if not isinstance(loc, IsoLocation):
             raise DetectionError(f"{loc.url}: an ISO location of unknown type {type(loc)}")
         return identify_iso(loc, arch=arch, kernel=kernel, initrd=initrd)
-    ident = identify_tree(loc, arch=arch, kernel=kernel, initrd=initrd)
-    # Signed chain (issue 6, treeboot.signature): InRelease -> SHA256SUMS -> kernel/initrd.
-    from treeboot.signature import apply_chain
+    # Signed chain (treeboot.signature): InRelease -> SHA256SUMS -> kernel/initrd. The suite's
+    # Release files are requested alongside detection's first round, and the chain reuses
+    # what detection read (SHA256SUMS), so verification adds no sequential round trip.
+    from treeboot.signature import apply_chain, start_release_prefetch
 
-    return apply_chain(loc, ident, keyring=keyring)
+    prefetch = start_release_prefetch(loc)
+    known: dict[str, bytes | None] = {}
+    try:
+        ident = identify_tree(loc, arch=arch, kernel=kernel, initrd=initrd, seen=known)
+        return apply_chain(loc, ident, keyring=keyring, prefetch=prefetch, known=known)
+    finally:
+        if prefetch is not None:
+            prefetch.close()
 
 
 def identify_tree(
@@ -181,8 +198,12 @@ def identify_tree(
     kernel: str | None = None,
     initrd: str | None = None,
     db: OsinfoDB | None = None,
+    seen: dict[str, bytes | None] | None = None,
 ) -> Identification:
     """Identify the tree behind ``loc`` in at most two rounds of requests.
+
+    ``seen``, when given, receives every file read (absolute URL -> bytes, None if absent),
+    so later steps (the signed chain) need not read them again.
 
     ``arch`` (any spelling) selects among the arches a tree offers and is checked against
     the tree's own. ``kernel``/``initrd`` (relative to the location) override the detected
@@ -204,6 +225,9 @@ def identify_tree(
         if overrides[0] and overrides[1]:
             return _unknown_tree(loc.url, want, overrides, probe, e)
         raise
+    finally:
+        if seen is not None:
+            seen.update(probe.known_urls())
     return _identification(loc.url, resolved, overrides, probe.rounds)
 
 

@@ -390,6 +390,85 @@ def _check_validity(release: ReleaseFile, suite: str, url: str) -> None:
 # --- the chain ------------------------------------------------------------------------------
 
 
+class _Prefetched:
+    """A dists/<suite>/ reader that answers first from bytes already read.
+
+    Detection reads SHA256SUMS beside the MANIFEST and the Release files are requested while
+    detection's first round is in flight, so the chain adds no sequential round trip.
+    """
+
+    def __init__(self, inner: Reader, known: dict[str, bytes | None]) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.known = known
+
+    def read(self, path: str, max_size: int = MAX_RELEASE_SIZE) -> bytes | None:
+        full = self.url + path
+        if full in self.known:
+            data = self.known[full]
+            if data is not None and len(data) > max_size:
+                raise MetadataError(f"{full} is larger than {max_size} bytes")
+            return data
+        return self.inner.read(path, max_size=max_size)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+
+RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
+
+
+class ReleasePrefetch:
+    """Reads ``InRelease``/``Release``/``Release.gpg`` of a tree's suite in the background.
+
+    Started before detection so that the signed chain costs no extra sequential round trip.
+    """
+
+    def __init__(self, loc: Reader, ref: ReleaseRef) -> None:
+        import concurrent.futures
+
+        self.ref = ref
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(self._run, loc, ref)
+
+    @staticmethod
+    def _run(loc: Reader, ref: ReleaseRef) -> tuple[Reader, dict[str, bytes | None]]:
+        dists = _open_dists(loc, ref.dists_url)
+        read_many = getattr(dists, "read_many", None)
+        known: dict[str, bytes | None] = {}
+        try:
+            if callable(read_many):
+                got = read_many(list(RELEASE_FILES), max_size=MAX_RELEASE_SIZE)
+                known = {dists.url + name: got.get(name) for name in RELEASE_FILES}
+        except TreebootError:
+            known = {}  # read them one by one later; errors surface there with context
+        return dists, known
+
+    def result(self, extra: dict[str, bytes | None]) -> Reader:
+        dists, known = self._future.result()
+        self._pool.shutdown(wait=False)
+        return _Prefetched(dists, {**extra, **known})
+
+    def close(self) -> None:
+        try:
+            dists, _ = self._future.result()
+        except TreebootError:
+            return
+        finally:
+            self._pool.shutdown(wait=False)
+        close = getattr(dists, "close", None)
+        if callable(close):
+            close()
+
+
+def start_release_prefetch(loc: Reader) -> ReleasePrefetch | None:
+    """Start reading the signed Release of the suite ``loc`` lies in, if it lies in one."""
+    ref = find_release_path(loc.url)
+    return ReleasePrefetch(loc, ref) if ref is not None else None
+
+
 def _open_dists(loc: Reader, url: str) -> Reader:
     from treeboot.locations import open_location
 
@@ -470,6 +549,8 @@ def verify_debian_chain(
     *,
     keyring: Path | None = None,
     open_dists: Callable[[str], Reader] | None = None,
+    prefetch: ReleasePrefetch | None = None,
+    known: dict[str, bytes | None] | None = None,
 ) -> ChainResult:
     """Walk InRelease -> SHA256SUMS -> kernel/initrd checksums for a Debian/Ubuntu tree.
 
@@ -494,7 +575,12 @@ def verify_debian_chain(
             f"(install {pkg} or pass --keyring FILE)",
         )
     try:
-        dists = open_dists(ref.dists_url) if open_dists else _open_dists(loc, ref.dists_url)
+        if prefetch is not None and prefetch.ref.dists_url == ref.dists_url:
+            dists = prefetch.result(known or {})
+        elif open_dists:
+            dists = open_dists(ref.dists_url)
+        else:
+            dists = _Prefetched(_open_dists(loc, ref.dists_url), known or {})
     except TreebootError as e:
         raise SignatureError(f"cannot open the signed chain at {ref.dists_url}: {e}") from e
     try:
@@ -573,7 +659,12 @@ CHAIN_FAMILIES = {"debian", "ubuntu"}
 
 
 def apply_chain(
-    loc: Reader, ident: Identification, *, keyring: Path | None = None
+    loc: Reader,
+    ident: Identification,
+    *,
+    keyring: Path | None = None,
+    prefetch: ReleasePrefetch | None = None,
+    known: dict[str, bytes | None] | None = None,
 ) -> Identification:
     """``ident`` with what the signed chain says: checksums, ``verified``, ``extra["signature"]``.
 
@@ -583,7 +674,7 @@ def apply_chain(
     debian_like = (ident.family or "").lower() in CHAIN_FAMILIES
     if not (debian_like or keyring) or not (ident.kernel or ident.initrd):
         return ident
-    result = verify_debian_chain(loc, ident, keyring=keyring)
+    result = verify_debian_chain(loc, ident, keyring=keyring, prefetch=prefetch, known=known)
     extra = {**ident.extra, "signature": result.to_json()}
     if result.verified is not Verified.SIGNED_CHAIN:
         return replace(ident, extra=extra)
