@@ -221,9 +221,10 @@ def libvirt_daemons() -> Iterator[None]:
 
 
 def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
-    stats = {k: {"runs": v, "min": min(v), "median": statistics.median(v)}
-             for k, v in times.items() if v}  # fmt: skip
-    ratios = {}
+    stats: dict[str, dict[str, Any]] = {
+        k: {"runs": v, "min": min(v), "median": statistics.median(v)} for k, v in times.items() if v
+    }
+    ratios: dict[str, float] = {}
     for other in ("bare-qemu", "virt-install"):
         if "treeboot" in stats and other in stats:
             for key in ("min", "median"):

@@ -133,6 +133,43 @@ def test_installer_poweroff_starts_phase2_from_the_disk(
     _assert_reaped(out)
 
 
+def test_phase2_runs_in_background_when_nobody_watches(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    """Without --wait/--wait-for/attach, the installed system is left running on its own."""
+    disk = firstboot_disk(tmp_path / "disk.img")
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\npoweroff -f\n")
+    name = vm_reaper.vm("phase2bg")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny,
+                        "--disk", f"path={disk}", "--network", "none", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    phases = _install_json(proc.stdout)["result"]["phases"]
+    assert [(p["phase"], p["outcome"]) for p in phases] == [
+        ("install", "installer-finished"),
+        ("firstboot", "running-in-background"),
+    ]
+    # The firstboot disk powers the machine off by itself; its watcher records that and exits.
+    st = wait_for_status(name, lambda s: s.get("outcome") == "powered-off", timeout=180)
+    wait_for_console(name, FIRSTBOOT_MARKER)
+    deadline = time.monotonic() + 30
+    while not pid_gone(st["watcher_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_gone(st["watcher_pid"]) and pid_gone(st["qemu_pid"])
+
+
+def test_qemu_that_cannot_start_is_reported(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    tiny = _tiny(tmp_path, "poweroff -f\n")
+    name = vm_reaper.vm("nomem")
+    proc = run_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                        "--network", "none", "--memory", str(1 << 30), "--json")  # fmt: skip
+    assert proc.returncode == 12, proc.stderr
+    out = _install_json(proc.stdout)
+    assert out["result"]["outcome"] == "qemu-failed"
+    assert "qemu-system-x86_64" in out["result"]["phases"][0]["detail"]
+
+
 def test_no_reboot_skips_phase2(tree_url: str, tmp_path: Path, vm_reaper: Reaper) -> None:
     disk = firstboot_disk(tmp_path / "disk.img")
     tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\npoweroff -f\n")

@@ -406,7 +406,10 @@ def test_cli_identify_damaged_and_non_iso(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_fetch_iso(isos: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_fetch_iso(
+    isos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TREEBOOT_CACHE", str(tmp_path / "cache"))  # a cold cache of its own
     proc = _cli("fetch", str(isos["debian12"]), "--json", "--dest", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

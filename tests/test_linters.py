@@ -25,9 +25,8 @@ def _tool(name: str) -> str:
 
 def test_ruff() -> None:
     ruff = _tool("ruff")
-    proc = subprocess.run(
-        [ruff, "check", "src", "tests", "bench", "scripts"], cwd=ROOT, capture_output=True, text=True
-    )
+    argv = [ruff, "check", "src", "tests", "bench", "scripts"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -106,7 +106,12 @@ def cmd_install(args: argparse.Namespace) -> int:
         force=args.force,
     )
     out = None if args.json else sys.stdout.buffer
-    result = install(request, dry_run=args.dry_run, out=out)
+    try:
+        result = install(request, dry_run=args.dry_run, out=out)
+    finally:
+        if args.console == "attach" and out is not None and sys.stdout.isatty():
+            out.write(b"\x1b[0m\x1b(B\r\n")  # the guest may leave colours or line drawing on
+            out.flush()
     if args.json:
         emit_json(result.to_json())
     elif args.dry_run:

@@ -130,9 +130,21 @@ class InstallResult:
 
 
 def install(
-    request: InstallRequest, *, dry_run: bool = False, out: IO[bytes] | None = None
+    request: InstallRequest | str,
+    *,
+    dry_run: bool = False,
+    out: IO[bytes] | None = None,
+    **options: Any,
 ) -> InstallResult:
-    """Run the whole pipeline; ``out`` receives the live console with ``--console attach``."""
+    """Run the whole pipeline; ``out`` receives the live console with ``console="attach"``.
+
+    ``install("http://host/tree/", name="vm1", disk="size=10")`` is short for
+    ``install(InstallRequest("http://host/tree/", name="vm1", disk="size=10"))``.
+    """
+    if isinstance(request, str):
+        request = InstallRequest(request, **options)
+    elif options:
+        raise UsageError("pass options in the InstallRequest, or a location and keywords")
     paths = vm_paths(request.name, console_log=request.console_log)
     if not dry_run:
         _refuse_running(request.name, paths)

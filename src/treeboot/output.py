@@ -1,4 +1,4 @@
-"""Output helpers shared by the ``_cli_*`` modules: JSON on stdout, notices and progress on stderr."""
+"""Output helpers for the ``_cli_*`` modules: JSON on stdout, notices and progress on stderr."""
 
 from __future__ import annotations
 

@@ -266,8 +266,13 @@ def start_background_watcher(
             break
         time.sleep(0.05)
     tail = (state_dir / "watcher.log").read_text(errors="replace")[-2000:].strip()
-    if proc.poll() is None and _read_json(status_file).get("state") != "stopped":
-        proc.terminate()
+    if proc.poll() is None:
+        proc.terminate()  # the watcher stops its QEMU before it exits
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     raise BootError(
         f"the background VM did not start (phase {phase})" + (f":\n{tail}" if tail else ""),
         hint=f"see {state_dir / 'qemu.log'} and {state_dir / 'watcher.log'}",
