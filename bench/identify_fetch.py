@@ -9,7 +9,9 @@ package (treeboot.devtree.build_debian_tree, 49 MB of kernel+initrd) and a Fedor
 Per tree and latency (median of --runs runs; wall time, and the CPU time of the command):
 
   treeboot cold   `python -m treeboot fetch URL --json -q` with an empty cache: identify + fetch
-  treeboot warm   the same command again: must transfer zero image bytes
+  treeboot warm   the same command again: must transfer zero image bytes; the identification
+                  is revalidated (treeboot.identcache: one concurrent round of conditional GETs
+                  of the files it came from) -- "warm reqs" counts those requests
   treeboot xfer   in-process fetch() of an already identified tree, empty cache: transfer only
                   (hashing and fsync included; curl does neither)
   virt-install    `virt-install --connect test:///default --location URL --osinfo
@@ -112,7 +114,7 @@ def bench_tree(name: str, rel: str, srv: Server, work: Path, runs: int) -> dict[
     times: dict[str, list[tuple[float, float]]] = {
         "cold": [], "warm": [], "xfer": [], "virt": [], "curl": []
     }
-    warm_bytes = 0
+    warm_bytes = warm_requests = 0
     # One cache dir for the CLI runs: its osinfo index is built once (a one-time cost per
     # host); "cold" empties the download cache (blobs, index, partials) before each run.
     cache = Cache(work / f"cache-{name}")
@@ -122,9 +124,10 @@ def bench_tree(name: str, rel: str, srv: Server, work: Path, runs: int) -> dict[
     for n in range(runs):
         cache.prune(everything=True)
         times["cold"].append(timed(lambda: run(cli, env)))
-        before = srv.image_bytes()
+        before, requests = srv.image_bytes(), srv.requests()
         times["warm"].append(timed(lambda: run(cli, env)))
         warm_bytes += srv.image_bytes() - before
+        warm_requests = srv.requests() - requests
         xcache = Cache(work / f"xcache-{name}-{n}")
         times["xfer"].append(timed(lambda: fetch(ident, cache=xcache, progress=False)))  # noqa: B023
         shutil.rmtree(xcache.root, ignore_errors=True)
@@ -132,7 +135,7 @@ def bench_tree(name: str, rel: str, srv: Server, work: Path, runs: int) -> dict[
         out = work / "curl"
         curl_argv = ["curl", "-sSf", "-o", str(out / "k"), k, "-o", str(out / "i"), i]
         times["curl"].append(timed(lambda: run(curl_argv)))  # noqa: B023
-    result: dict[str, float] = {"warm_image_bytes": warm_bytes}
+    result: dict[str, float] = {"warm_image_bytes": warm_bytes, "warm_requests": warm_requests}
     for key, samples in times.items():
         result[key] = statistics.median(w for w, _ in samples)
         result[key + "_cpu"] = statistics.median(c for _, c in samples)
@@ -157,7 +160,7 @@ def main() -> int:
         print(
             f"{'tree':7} {'lat':>5} | {'treeboot':>8} {'warm':>6} {'xfer':>6} {'virt-inst':>9}"
             f" {'curl':>6} | {'tb/virt':>7} {'xfer/curl':>9} | {'tb cpu':>6} {'virt cpu':>8}"
-            f" | {'warm image bytes':>16}"
+            f" | {'warm image bytes':>16} {'warm reqs':>9}"
         )
         for latency in (int(x) for x in args.latencies.split(",")):
             with shaped(root, latency, work) as srv:
@@ -168,7 +171,7 @@ def main() -> int:
                         f" {r['xfer']:>5.2f}s {r['virt']:>8.2f}s {r['curl']:>5.2f}s"
                         f" | {r['cold'] / r['virt']:>6.2f}x {r['xfer'] / r['curl']:>8.2f}x"
                         f" | {r['cold_cpu']:>5.2f}s {r['virt_cpu']:>7.2f}s"
-                        f" | {int(r['warm_image_bytes']):>16}",
+                        f" | {int(r['warm_image_bytes']):>16} {int(r['warm_requests']):>9}",
                         flush=True,
                     )
     return 0

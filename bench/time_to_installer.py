@@ -14,8 +14,8 @@ tree served on 127.0.0.1) under TCG with 2 vCPUs and 1 GiB:
   not running, and then stopped again by PID).
 
 The prompt is detected the same way for all three: the serial log file is polled every
-20 ms. Runs are interleaved (treeboot, bare, virt-install, treeboot, ...) so that a change
-in machine load hits all three alike. Prints min and median per contender and the ratios.
+20 ms. Runs are interleaved, in a rotating order, so that a change in machine load hits all
+three alike. Prints min and median per contender and the ratios.
 """
 
 from __future__ import annotations
@@ -214,7 +214,21 @@ def libvirt_daemons() -> Iterator[None]:
     finally:
         for pidfile in reversed(started):
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+                _terminate(int(pidfile.read_text().strip()), pidfile.stem)
+
+
+def _terminate(pid: int, marker: str, grace: float = 120.0) -> None:
+    """SIGTERM; libvirtd can take a minute to shut down here, so wait, then SIGKILL."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if marker.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return
+        except OSError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -255,7 +269,10 @@ def main() -> int:
                 stack.enter_context(libvirt_daemons())
                 contenders.append(("virt-install", bench.run_virt_install))
             for i in range(args.runs):
-                for name, run in contenders:
+                # Rotate the order each round: no contender always runs first (or after
+                # virt-install's libvirt churn).
+                k = i % len(contenders)
+                for name, run in contenders[k:] + contenders[:k]:
                     seconds = run(i)
                     times[name].append(seconds)
                     print(f"run {i + 1}: {name:<13} {seconds:6.2f} s", file=sys.stderr)

@@ -29,6 +29,7 @@ from treeboot.cpio import CpioEntry, build_newc
 
 DI = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 DI_KERNEL = DI / "linux"
+DI_ARM64_KERNEL = DI.parents[3] / "arm64/text/debian-installer/arm64/linux"
 BUSYBOX = Path("/bin/busybox")
 INSTALLER_MARKER = "TREEBOOT-TEST-INSTALLER-DONE"
 FIRSTBOOT_MARKER = "TREEBOOT-FIRSTBOOT-OK"

@@ -1,20 +1,29 @@
-"""The content-addressed cache: blobs, index, locks, prune, and `treeboot cache`."""
+"""The content-addressed cache: blobs, index, locks, holds, prune, `treeboot cache`, and the
+identification cache (treeboot.identcache)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from _net_helpers import Handler, Route, serve_http
 from treeboot.cache import Cache, IndexEntry, PartialMeta, default_root, source_key
 from treeboot.cli import main
+from treeboot.devtree import build_treeinfo_tree
+from treeboot.locations import TreeLocation
+from treeboot.model import Identification, Verified
 
 DAY = 86400.0
 
@@ -143,3 +152,199 @@ def test_cache_cli(cache: Cache, monkeypatch: pytest.MonkeyPatch, capsys: Any) -
         main(["cache", "prune", "--all", "--older-than", "3"])
     assert usage.value.code == 2
     assert main(["cache", "prune", "--older-than", "-1"]) == 2
+
+
+def test_prune_leaves_held_blobs_alone(cache: Cache) -> None:
+    sha = add_blob(cache, b"kernel a fetch is returning", age_days=40)
+    with cache.holding() as holds:
+        holds.hold(sha)
+        held = subprocess.run(  # another process: flock holds are per open file
+            [sys.executable, "-c", PRUNE_ALL, str(cache.root)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(held.stdout)["busy"] == [f"blobs/sha256/{sha}"]
+        assert cache.find_blob(sha) is not None
+    report = cache.prune(everything=True)
+    assert f"blobs/sha256/{sha}" in report.removed and cache.find_blob(sha) is None
+
+
+PRUNE_ALL = (
+    "import json, sys; from dataclasses import asdict; from pathlib import Path\n"
+    "from treeboot.cache import Cache\n"
+    "print(json.dumps(asdict(Cache(Path(sys.argv[1])).prune(everything=True))))"
+)
+
+
+def test_prune_keeps_blobs_used_within_the_grace_period(cache: Cache) -> None:
+    fresh = add_blob(cache, b"just fetched", path="fresh")
+    old = add_blob(cache, b"long unused", path="old", age_days=2)
+    report = cache.prune(everything=True, grace=60)
+    assert report.recent == [f"blobs/sha256/{fresh}"]
+    assert cache.find_blob(fresh) is not None and cache.find_blob(old) is None
+    assert [e.path for e in cache.entries()] == ["fresh"]
+    index = f"index/{source_key('http://mirror/tree/', 'fresh')}.json"
+    assert cache.prune(everything=True).removed == [f"blobs/sha256/{fresh}", index]
+
+
+def test_prune_cli_grace(cache: Cache, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setenv("TREEBOOT_CACHE", str(cache.root))
+    add_blob(cache, b"fresh kernel")
+    assert main(["cache", "prune", "--all"]) == 0
+    assert "kept 1 files used in the last 60 s" in capsys.readouterr().out
+    assert main(["cache", "prune", "--all", "--grace", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recent"] == []
+    assert list(cache.blobs.iterdir()) == []
+    assert main(["cache", "prune", "--grace", "-1"]) == 2
+
+
+def test_prune_all_removes_identifications(cache: Cache) -> None:
+    cache.ident.mkdir()
+    (cache.ident / "a.json").write_text("{}")
+    assert cache.prune().removed == []
+    assert cache.prune(everything=True).removed == ["ident/a.json"]
+
+
+# -- the identification cache (treeboot.identcache) --------------------------------------------
+
+
+def conditional(fspath: Path) -> Route:
+    """Serve a file like nginx: 304 Not Modified when If-None-Match has its ETag."""
+
+    def route(h: Handler) -> None:
+        st = fspath.stat()
+        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+        if h.headers.get("If-None-Match") == etag:
+            h.send_simple(304, headers={"ETag": etag})
+        else:
+            h.send_file(fspath)
+
+    return route
+
+
+def rewrite_tree(tree: Path, kernel_size: int) -> None:
+    """A new build in place: another kernel, its checksum in the same-sized .treeinfo."""
+    info = tree / ".treeinfo"
+    old = info.read_text()
+    kernel = build_treeinfo_tree(tree.parent / "next", kernel_size=kernel_size, initrd_size=1000)
+    shutil.copyfile(kernel / "images/pxeboot/vmlinuz", tree / "images/pxeboot/vmlinuz")
+    sums = dict(re.findall(r"^(images/\S+) = (sha256:\w+)$", old, re.M))
+    new_sum = hashlib.sha256((tree / "images/pxeboot/vmlinuz").read_bytes()).hexdigest()
+    info.write_text(old.replace(sums["images/pxeboot/vmlinuz"], f"sha256:{new_sum}"))
+    assert len(info.read_text()) == len(old)
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> Path:
+    return build_treeinfo_tree(tmp_path / "www" / "tree", kernel_size=4096, initrd_size=8192)
+
+
+@pytest.mark.parametrize("etags", [True, False], ids=["304", "no-304"])
+def test_warm_fetch_revalidates_in_one_round(small_tree: Path, cache: Cache, etags: bool) -> None:
+    from treeboot.fetch import fetch
+
+    with serve_http(small_tree.parent) as srv:
+        if etags:
+            srv.route("/tree/.treeinfo", conditional(small_tree / ".treeinfo"))
+        first = fetch(srv.url + "tree/", cache=cache, progress=False)
+        assert "identcache" not in first.identification.extra
+        srv.clear()
+        second = fetch(srv.url + "tree/", cache=cache, progress=False)
+        log = [(r.method, r.path, r.status) for r in srv.log]
+    assert second.identification.extra["identcache"] == "revalidated"
+    assert replace(second.identification, extra={}) == replace(first.identification, extra={})
+    assert second.from_cache and second.bytes_downloaded == 0
+    assert log == [("GET", "/tree/.treeinfo", 304 if etags else 200)]
+
+
+def test_changed_treeinfo_is_noticed(small_tree: Path, cache: Cache) -> None:
+    from treeboot.fetch import fetch
+
+    with serve_http(small_tree.parent) as srv:
+        srv.route("/tree/.treeinfo", conditional(small_tree / ".treeinfo"))
+        first = fetch(srv.url + "tree/", cache=cache, progress=False)
+        rewrite_tree(small_tree, kernel_size=5000)
+        second = fetch(srv.url + "tree/", cache=cache, progress=False)
+        third = fetch(srv.url + "tree/", cache=cache, progress=False)
+    assert "identcache" not in second.identification.extra
+    assert second.kernel.sha256 != first.kernel.sha256 and not second.kernel.from_cache
+    kernel = (small_tree / "images/pxeboot/vmlinuz").read_bytes()
+    assert second.kernel.sha256 == hashlib.sha256(kernel).hexdigest()
+    assert third.identification.extra["identcache"] == "revalidated" and third.from_cache
+
+
+def test_local_tree_is_compared_by_content(small_tree: Path, cache: Cache) -> None:
+    from treeboot.identcache import identify_cached
+    from treeboot.locations import open_location
+
+    def identify() -> Identification:
+        with open_location(str(small_tree)) as loc:
+            return identify_cached(loc, cache)
+
+    first = identify()
+    assert "identcache" not in first.extra
+    assert identify().extra["identcache"] == "revalidated"
+    info = small_tree / ".treeinfo"
+    st = info.stat()
+    rewrite_tree(small_tree, kernel_size=6000)
+    os.utime(info, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    third = identify()
+    assert "identcache" not in third.extra and third.checksums != first.checksums
+
+
+def test_identification_cache_entry(small_tree: Path, cache: Cache, tmp_path: Path) -> None:
+    from treeboot.identcache import load_entry, make_entry, revalidate
+    from treeboot.locations import open_location
+
+    keyring = tmp_path / "ring.gpg"
+    keyring.write_bytes(b"key")
+    with open_location(str(small_tree)) as loc:
+        assert isinstance(loc, TreeLocation)
+        from treeboot.detect import identify_location
+
+        seen: dict[str, bytes | None] = {}
+        ident = identify_location(loc, seen=seen)
+        release = loc.url.rsplit("/", 2)[0] + "/Release"  # the directory above the tree
+        seen[release] = b"Origin: Debian\nValid-Until: Sat, 01 Jan 2100 00:00:00 UTC\n"
+        (small_tree.parent / "Release").write_bytes(seen[release] or b"")
+        entry = make_entry(loc, ident, seen, keyring)
+        assert entry is not None and entry.expires == 4102444800.0
+        assert {f.url for f in entry.files} == {loc.url + ".treeinfo", release}
+        assert revalidate(loc, entry) == entry
+        assert revalidate(loc, entry, now=entry.expires + 1) is None  # Valid-Until passed
+        keyring.write_bytes(b"another key")
+        assert revalidate(loc, entry) is None  # the keyring changed
+        (cache.ident / "x.json").parent.mkdir(parents=True)
+        (cache.ident / "x.json").write_text("{not json")
+        assert load_entry(cache.ident / "x.json") is None
+        unsigned = {k: v for k, v in seen.items() if k != release}
+        signed = replace(ident, extra={**ident.extra, "signature": {"release": release}})
+        assert make_entry(loc, signed, unsigned) is None  # its Release was read out of sight
+
+
+def test_signed_chain_is_revalidated(tmp_path: Path, cache: Cache) -> None:
+    from _signature_helpers import make_debian_tree, make_key, release_text
+    from treeboot.errors import SignatureError
+    from treeboot.fetch import fetch
+    from treeboot.identcache import SIGNED_MAX_AGE, load_entry
+
+    (tmp_path / "key").mkdir()
+    key = make_key(tmp_path / "key")
+    tree = make_debian_tree(tmp_path / "www", key)
+    with serve_http(tree.root) as srv, contextlib.closing(key):
+        url = srv.url + tree.location.relative_to(tree.root).as_posix() + "/"
+        first = fetch(url, cache=cache, progress=False, keyring=key.keyring)
+        assert first.verified == Verified.SIGNED_CHAIN
+        srv.clear()
+        second = fetch(url, cache=cache, progress=False, keyring=key.keyring)
+        paths = sorted(r.path.rsplit("/", 1)[-1] for r in srv.log)
+        assert second.identification.extra["identcache"] == "revalidated"
+        assert second.verified == Verified.SIGNED_CHAIN
+        assert paths == ["InRelease", "MANIFEST", "Release", "SHA256SUMS"]
+        (entry_path,) = cache.ident.glob("*.json")
+        entry = load_entry(entry_path)
+        assert entry and entry.expires and entry.expires <= time.time() + SIGNED_MAX_AGE
+        listed = {"main/installer-amd64/current/images/SHA256SUMS": tree.sums.read_bytes()}
+        expired = release_text(listed, extra="Valid-Until: Sat, 01 Jan 2000 00:00:00 UTC")
+        (tree.dists / "InRelease").write_bytes(key.clearsign(expired))
+        with pytest.raises(SignatureError, match="expired"):
+            fetch(url, cache=cache, progress=False, keyring=key.keyring)

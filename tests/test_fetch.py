@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import pty
@@ -21,7 +22,9 @@ from typing import Any
 import pytest
 
 from _net_helpers import (
+    Handler,
     LoopbackHTTP,
+    Route,
     drop_after,
     endless,
     ignore_range,
@@ -32,7 +35,7 @@ from treeboot.cache import Cache
 from treeboot.devtree import build_treeinfo_tree
 from treeboot.errors import ChecksumMismatch, FetchError, SignatureError, UsageError
 from treeboot.fetch import _HashingFile, fetch, fetch_file
-from treeboot.locations import open_location
+from treeboot.locations import DirLocation, RemoteStat, open_location
 from treeboot.model import Identification, Media, Verified
 
 KERNEL = "images/pxeboot/vmlinuz"
@@ -51,7 +54,7 @@ def identify_location(loc, *, arch=None, kernel=None, initrd=None, **_):
     fields["verified"] = Verified(spec["verified"])
     return Identification(**fields)
 def identify(location, *, insecure=False, timeout=30.0, **_):
-    from treeboot.locations import open_location
+    from treeboot.locations import DirLocation, RemoteStat, open_location
     with open_location(location, insecure=insecure, timeout=timeout) as loc:
         return identify_location(loc)
 mod = types.ModuleType("treeboot.detect")
@@ -337,6 +340,72 @@ def test_endless_artifact_is_refused(
             fetch_file(loc, INITRD, published(tree)[INITRD], cache=cache)
         assert loc.bytes_transferred < 10_000_000
     assert list(cache.tmp.iterdir()) == [] and list(cache.blobs.iterdir()) == []
+
+
+def slowly(fspath: Path | None, rate: int) -> Route:
+    """``fspath`` at ``rate`` bytes/s with its length and the ETag the server gives it
+    otherwise; None: an endless chunked body with neither."""
+
+    def route(h: Handler) -> None:
+        body = fspath.read_bytes() if fspath else b""
+        h.send_response(200)
+        if fspath:
+            st = fspath.stat()
+            h.send_header("Content-Length", str(len(body)))
+            h.send_header("ETag", f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+        else:
+            h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.close_connection = True
+        step = max(1, rate // 50)
+        for off in itertools.count(0, step) if not fspath else range(0, len(body), step):
+            if h.server.stopping.wait(0.02):
+                return
+            chunk = body[off : off + step] if fspath else b"\0" * step
+            h.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if not fspath else chunk)
+
+    return route
+
+
+@pytest.mark.timeout(60)
+def test_unannounced_length_has_a_deadline(tree: Path, cache: Cache) -> None:
+    """An endless body without a length ends after 5 x timeout, long before the size cap."""
+    with serve_http(tree) as srv:
+        srv.route("/" + INITRD, slowly(None, rate=1 << 20))
+        with pytest.raises(FetchError, match="announced no length and was still sending") as err:
+            fetch(ident_for(srv.url, tree), cache=cache, progress=False, timeout=0.3)
+    assert err.value.hint and "--max-time" in err.value.hint
+    assert cache_files(cache)["tmp"] == []
+
+
+@pytest.mark.timeout(60)
+def test_max_time_stops_a_slow_transfer_that_then_resumes(tree: Path, cache: Cache) -> None:
+    size = (tree / INITRD).stat().st_size
+    with serve_http(tree) as srv:
+        srv.route("/" + INITRD, slowly(tree / INITRD, rate=size // 4))
+        with pytest.raises(FetchError, match=r"did not end within --max-time 0\.5 s") as err:
+            fetch(ident_for(srv.url, tree), cache=cache, progress=False, max_time=0.5)
+        assert err.value.hint and "resumes" in err.value.hint
+        del srv.server.routes["/" + INITRD]
+        kept = [p for p in cache.tmp.glob("*.part") if p.stat().st_size]
+        assert kept, "the partial download was not kept"
+        result = fetch(ident_for(srv.url, tree), cache=cache, progress=False)
+    assert 0 < result.initrd.bytes_downloaded < size and result.verified == Verified.SHA256
+
+
+class ShortStat(DirLocation):
+    """A location announcing 1000 bytes less than it sends (a broken FTP SIZE, say)."""
+
+    def _stat(self, rel: str) -> RemoteStat | None:
+        st = super()._stat(rel)
+        return st and RemoteStat((st.size or 0) - 1000, st.validator)
+
+
+def test_body_longer_than_announced_stops(tree: Path, cache: Cache) -> None:
+    with ShortStat(tree) as loc, pytest.raises(FetchError, match="sent more than the") as err:
+        fetch_file(loc, INITRD, published(tree)[INITRD], cache=cache)
+    assert f"{(tree / INITRD).stat().st_size - 1000} bytes it announced" in str(err.value)
+    assert cache_files(cache) == {"blobs": [], "index": [], "tmp": []}
 
 
 # -- full disk ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 import treeboot
 from _net_helpers import serve_http
-from _vm_helpers import DI_KERNEL, run_treeboot, state_dir
+from _vm_helpers import DI_ARM64_KERNEL, DI_KERNEL, run_treeboot, state_dir
 from treeboot.cli import main
 from treeboot.devtree import build_debian_tree
 
@@ -67,6 +67,23 @@ def test_dry_run_prints_the_exact_command_and_starts_nothing(
         golden.write_text("\n".join(argv) + "\n")
     assert argv == golden.read_text().splitlines()
     assert not state_dir("dry").exists()  # nothing created: no disk, no state
+
+
+@pytest.mark.skipif(not DI_ARM64_KERNEL.is_file(), reason="needs debian-installer arm64")
+def test_dry_run_arm64(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = build_debian_tree(tmp_path, "arm64")
+    with serve_http(tmp_path) as srv:
+        url = srv.url + "dists/bookworm/main/installer-arm64/"
+        rc = main(["install", url, "--name", "dry-arm", "--accel", "auto", "--disk", "size=8",
+                   "--dry-run", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and tree.is_dir()
+    assert out["accel"]["accel"] == "tcg"  # an arm64 guest on this x86 host: emulation
+    argv = _normalize(out["argv"], url)
+    golden = GOLDEN / "dry-run-debian12-arm64.argv"
+    if os.environ.get("TREEBOOT_UPDATE_GOLDEN"):
+        golden.write_text("\n".join(argv) + "\n")
+    assert argv == golden.read_text().splitlines()
 
 
 @needs_di
@@ -168,3 +185,24 @@ def test_unattended_is_injected_and_secrets_stay_out_of_the_plan(
     assert {"auto=true", "priority=critical"} <= set(plan["cmdline"])
     assert plan["initrd"] == str(state_dir("unatt") / "initrd.img")
     assert "s3cret" not in text
+
+
+@needs_di
+def test_unattended_file_is_validated_and_injected(
+    tree_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preseed = tmp_path / "my-preseed.cfg"
+    preseed.write_text(
+        "d-i debian-installer/locale string en_US.UTF-8\n"
+        "d-i keyboard-configuration/xkb-keymap select us\n"
+        "d-i passwd/root-password password hunter2-secret\n"
+        "d-i passwd/root-password-again password hunter2-secret\n"
+    )
+    rc = main(["install", tree_url, "--name", "ufile", "--accel", "tcg", "--disk", "none",
+               "--unattended-file", str(preseed), "--dry-run", "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    plan = json.loads(captured.out)["plan"]
+    assert "auto=true" in plan["cmdline"]
+    assert plan["initrd"] == str(state_dir("ufile") / "initrd.img")
+    assert "hunter2" not in captured.out

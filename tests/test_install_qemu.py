@@ -17,6 +17,7 @@ import pytest
 
 from _net_helpers import serve_http
 from _vm_helpers import (
+    DI_ARM64_KERNEL,
     DI_KERNEL,
     FIRSTBOOT_MARKER,
     INSTALLER_MARKER,
@@ -97,6 +98,22 @@ def test_debian_installer_from_local_directory(debian_tree: Path, vm_reaper: Rea
     out = _install_json(proc.stdout)
     assert out["result"]["outcome"] == "wait-for-matched"
     assert "guestfwd=tcp:10.0.2.100:80" in " ".join(out["argv"])
+    _assert_reaped(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DI_ARM64_KERNEL.is_file(), reason="needs debian-installer arm64")
+def test_debian_arm64_installer_under_emulation(tmp_path: Path, vm_reaper: Reaper) -> None:
+    """The same pipeline for another architecture: virt machine, ttyAMA0, pvpanic-pci."""
+    tree = build_debian_tree(tmp_path, "arm64")
+    name = vm_reaper.vm("di-arm64")
+    proc = run_treeboot("install", str(tree), "--name", name, *TCG, "--disk", "none",
+                        "--wait-for", PROMPT, "--wait", "500", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = _install_json(proc.stdout)
+    assert out["argv"][0] == "qemu-system-aarch64"
+    assert "console=ttyAMA0" in out["plan"]["cmdline"]
+    assert out["result"]["outcome"] == "wait-for-matched"
     _assert_reaped(out)
 
 
@@ -285,6 +302,31 @@ def test_signal_stops_qemu_and_keeps_disk_and_log(
     assert not (state_dir(name) / "initrd.img").exists()  # temporary: removed
     assert not (state_dir(name) / "qemu.pid").exists()
     assert status(name)["state"] == "stopped"
+
+
+def test_qemu_dies_with_a_killed_treeboot(
+    tree_url: str, tmp_path: Path, vm_reaper: Reaper
+) -> None:
+    """Even SIGKILL (no cleanup code runs) leaves no QEMU behind: PR_SET_PDEATHSIG."""
+    tiny = _tiny(tmp_path, f"echo {INSTALLER_MARKER}\nsleep 600\n")
+    name = vm_reaper.vm("killed")
+    proc = start_treeboot("install", tree_url, "--name", name, *TCG, *tiny, "--disk", "none",
+                          "--network", "none")  # fmt: skip
+    vm_reaper.pids.append(proc.pid)
+    try:
+        st = wait_for_status(name, lambda s: s.get("state") == "running" and s.get("qemu_pid"))
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while not pid_gone(st["qemu_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pid_gone(st["qemu_pid"])
+    listed = json.loads(run_treeboot("list", "--json").stdout)
+    assert next(vm for vm in listed if vm["name"] == name)["state"] == "stopped"
 
 
 def test_background_vm_list_console_stop(

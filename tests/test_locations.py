@@ -433,3 +433,25 @@ def test_threads_share_one_location(tree: Path, http: LoopbackHTTP) -> None:
         for t in threads:
             t.join()
     assert not errors
+
+
+def test_revalidate_reads_again_and_memoises(loc: TreeLocation, tree: Path) -> None:
+    """Without a 304 (these servers never send one) revalidation is a fresh read."""
+    first = loc.revalidate(".treeinfo", validator=loc.validator(".treeinfo"))
+    assert not first.unchanged and first.data == (tree / ".treeinfo").read_bytes()
+    assert loc.read(".treeinfo") == first.data
+    gone = loc.revalidate("no-such-file", validator='"x"')
+    assert (gone.unchanged, gone.data) == (False, None)
+
+
+def test_http_revalidation_is_conditional_on_a_strong_etag(http: LoopbackHTTP) -> None:
+    with open_location(http.url) as loc:
+        assert isinstance(loc, TreeLocation)
+        assert loc.read(".treeinfo") is not None
+        etag = loc.validator(".treeinfo")
+        assert etag and etag.startswith('"')
+        http.clear()
+        loc.revalidate(".treeinfo", etag)
+        loc.revalidate(".treeinfo", "Sat, 01 Jan 2000 00:00:00 GMT")  # a date: never trusted
+    sent = [r.headers.get("If-None-Match") for r in http.requests("GET", "/.treeinfo")]
+    assert sent == [etag, None]

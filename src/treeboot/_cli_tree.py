@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from treeboot.cache import Cache
     from treeboot.model import FetchResult, Identification
 
+PRUNE_GRACE = 60.0  # seconds
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("identify", help="identify an install tree or ISO image")
@@ -38,6 +40,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="fail unless a signed chain (e.g. Release.gpg -> SHA256SUMS) vouches for the files",
     )
+    p.add_argument(
+        "--max-time",
+        type=float,
+        metavar="SECONDS",
+        help="give up on a kernel/initrd transfer that takes longer (default: no limit when the "
+        "server announces the length, 5 x --timeout when it does not)",
+    )
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("cache", help="list or prune the download cache")
@@ -50,6 +59,14 @@ def register(sub: Any) -> None:
     which.add_argument("--all", action="store_true", help="remove every cached file")
     which.add_argument(
         "--older-than", type=float, metavar="DAYS", help="remove files not used for DAYS days"
+    )
+    pp.add_argument(
+        "--grace",
+        type=float,
+        default=PRUNE_GRACE,
+        metavar="SECONDS",
+        help="keep files used in the last SECONDS: a fetch that has just returned them may "
+        f"not have opened them yet (default: {PRUNE_GRACE:g}; 0 removes them too)",
     )
     pp.add_argument("--json", action="store_true", help="machine-readable output")
     pp.set_defaults(func=cmd_cache_prune)
@@ -148,6 +165,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from treeboot.fetch import fetch
 
     warn_insecure(args)
+    if args.max_time is not None and args.max_time <= 0:
+        raise UsageError("--max-time must be a number of seconds > 0")
     pinned, bare = parse_checksum_options(args.checksum)
     result = fetch(
         args.location,
@@ -162,6 +181,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         require_signature=args.require_signature,
         timeout=args.timeout,
         keyring=args.keyring,
+        max_time=args.max_time,
     )
     if args.json:
         emit_json(result.to_json())
@@ -224,11 +244,18 @@ def _date(ts: float) -> str:
 def cmd_cache_prune(args: argparse.Namespace) -> int:
     if args.older_than is not None and args.older_than < 0:
         raise UsageError("--older-than must be a number of days >= 0")
-    report = _cache().prune(everything=args.all, older_than_days=args.older_than)
+    if args.grace < 0:
+        raise UsageError("--grace must be a number of seconds >= 0")
+    report = _cache().prune(everything=args.all, older_than_days=args.older_than, grace=args.grace)
     if args.json:
         emit_json(report.to_json())
     else:
         print(f"removed {len(report.removed)} files, freed {_size(report.freed_bytes)}")
         if report.busy:
-            print(f"left {len(report.busy)} downloads in progress alone")
+            print(f"left {len(report.busy)} files alone: a fetch is using them")
+        if report.recent:
+            print(
+                f"kept {len(report.recent)} files used in the last {args.grace:g} s"
+                " (--grace 0 removes them too)"
+            )
     return 0

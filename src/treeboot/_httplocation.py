@@ -24,6 +24,7 @@ from treeboot.locations import (
     OnStart,
     Progress,
     RemoteStat,
+    Revalidation,
     StallGuard,
     TreeLocation,
     redact,
@@ -141,18 +142,37 @@ class HttpLocation(TreeLocation):
                 return None
             if resp.status_code != 200:
                 raise self._status_error(resp)
-            length = _int(resp.headers.get("content-length"))
-            if length is not None and length > max_size:
-                raise too_big(self.where(rel), max_size, length)
-            body = bytearray()
-            guard = StallGuard(self.where(rel), self.timeout)
-            for chunk in resp.iter_bytes():
-                self._count(len(chunk))
-                guard(len(chunk))
-                body += chunk
-                if len(body) > max_size:
-                    raise too_big(self.where(rel), max_size)
-            return bytes(body)
+            body = self._body(resp, rel, max_size)
+            self._remember_validator(rel, _remote_stat(resp, None).validator)
+            return body
+
+    def _body(self, resp: httpx.Response, rel: str, max_size: int) -> bytes:
+        length = _int(resp.headers.get("content-length"))
+        if length is not None and length > max_size:
+            raise too_big(self.where(rel), max_size, length)
+        body = bytearray()
+        guard = StallGuard(self.where(rel), self.timeout)
+        for chunk in resp.iter_bytes():
+            self._count(len(chunk))
+            guard(len(chunk))
+            body += chunk
+            if len(body) > max_size:
+                raise too_big(self.where(rel), max_size)
+        return bytes(body)
+
+    def _revalidate(self, rel: str, validator: str | None, max_size: int) -> Revalidation:
+        # Only a strong ETag: If-Modified-Since would call a file replaced by an *older* one
+        # (a mirror rolled back) unchanged, and dates have a one-second granularity.
+        etag = validator if validator and validator.startswith('"') else None
+        with self._open("GET", rel, {"If-None-Match": etag} if etag else None) as resp:
+            if resp.status_code == 304 and etag:
+                return Revalidation(True, None, etag)
+            if resp.status_code in ABSENT:
+                return Revalidation(False, None)
+            if resp.status_code != 200:
+                raise self._status_error(resp)
+            body = self._body(resp, rel, max_size)
+            return Revalidation(False, body, _remote_stat(resp, None).validator)
 
     def _stat(self, rel: str) -> RemoteStat | None:
         with self._open("HEAD", rel) as resp:

@@ -20,6 +20,7 @@ from treeboot.backends.qemu import quote_cmdline
 from treeboot.errors import (
     BootError,
     DetectionError,
+    KernelImageError,
     TreebootError,
     UsageError,
 )
@@ -412,19 +413,22 @@ def inject(
 
 
 def predict_boot(plan: BootPlan) -> dict[str, Any] | None:
-    """What QEMU's x86 loader will put in fw_cfg (``--trace-boot``); computed before boot,
-    while a temporary initrd still exists. None for other architectures."""
-    if not plan.trace_boot or plan.kernel is None:
-        return None
-    if plan.arch not in (Architecture.X86_64, Architecture.I686):
+    """What QEMU's x86 loader will put in fw_cfg, computed before boot (while a temporary
+    initrd still exists): for ``--trace-boot``, and to refuse an initrd that cannot fit in
+    the guest's memory (BootError) before QEMU says so. None for other architectures or
+    kernels that are not bzImages (QEMU also boots multiboot/ELF kernels)."""
+    if plan.kernel is None or plan.arch not in (Architecture.X86_64, Architecture.I686):
         return None
     from treeboot.kernel import predict_fw_cfg
 
     machine = plan.machine or plan.arch.machine()
     cmdline = quote_cmdline(plan.cmdline)
-    prediction: dict[str, Any] = predict_fw_cfg(
-        plan.kernel, plan.initrd, cmdline, plan.memory_mib, machine=machine
-    )
+    try:
+        prediction: dict[str, Any] = predict_fw_cfg(
+            plan.kernel, plan.initrd, cmdline, plan.memory_mib, machine=machine
+        )
+    except KernelImageError:
+        return None
     return prediction
 
 

@@ -6,10 +6,17 @@ Layout, under ``$TREEBOOT_CACHE`` or the platform's user cache dir (``~/.cache/t
     index/<key>.json     one per source (location URL + path): size, validator, sha256, verified
     tmp/<key>.part       a download in progress, resumable; tmp/<key>.json says from what
     locks/<key>.lock     flock: one process downloads a given source at a time
+    locks/blob-<hex>.lock  flock, shared: a running fetch holds this blob (found or committed)
+                         until it returns; prune removes a blob only with this lock exclusive
+    ident/<key>.json     identifications and what they were derived from (treeboot.identcache)
     cache.lock           flock: shared while a fetch adds or links blobs, exclusive for prune
 
 A blob only ever appears under its final name by ``os.replace`` of a complete, fsynced file
-whose sha256 was computed while it was written, so a reader never sees a partial blob. Whether
+whose sha256 was computed while it was written, so a reader never sees a partial blob. A fetch
+holds every blob it returns (:meth:`Cache.holding`) until it returns, so ``prune --all`` running
+alongside skips them (reported as busy); and prune can keep blobs used within a grace period
+(``grace=``; the CLI keeps those of the last minute), because a fetch that has just returned a
+path into the cache may not have opened it yet. Whether
 a blob was *verified* (matched a checksum the publisher or the user gave) is recorded per source
 in the index, never implied by the blob's presence.
 """
@@ -22,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,6 +83,7 @@ class PruneReport:
     removed: list[str] = field(default_factory=list)  # paths relative to the cache root
     freed_bytes: int = 0
     busy: list[str] = field(default_factory=list)  # in use by a running fetch: left alone
+    recent: list[str] = field(default_factory=list)  # blobs used within the grace period: kept
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +96,7 @@ class Cache:
         self.index = self.root / "index"
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
+        self.ident = self.root / "ident"
 
     def ensure(self) -> None:
         try:
@@ -128,6 +138,13 @@ class Cache:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def holding(self) -> BlobHolds:
+        """Hold blobs for the life of the returned context (see :class:`BlobHolds`)."""
+        return BlobHolds(self)
+
+    def _hold_path(self, sha256: str) -> Path:
+        return self.locks / f"blob-{sha256}.lock"
 
     # -- blobs and index
     def blob_path(self, sha256: str) -> Path:
@@ -210,23 +227,26 @@ class Cache:
         return sum(p.stat().st_size for p in self.blobs.glob("*")) if self.blobs.is_dir() else 0
 
     def prune(
-        self, *, everything: bool = False, older_than_days: float | None = None
+        self, *, everything: bool = False, older_than_days: float | None = None, grace: float = 0
     ) -> PruneReport:
         """Remove orphans (blobs nobody indexes, index entries without blob, stray temps) and
-        also every blob and partial download (``everything``) or those unused for
-        ``older_than_days``. Waits for fetches that are adding blobs; downloads in progress
-        are left alone.
+        also every blob, partial download and identification (``everything``) or those unused
+        for ``older_than_days``. Waits for fetches that are adding blobs; blobs a running
+        fetch holds and downloads in progress are left alone (``busy``), and so are blobs
+        used less than ``grace`` seconds ago (``recent``).
         """
         report = PruneReport()
         if not self.root.is_dir():
             return report
         self.ensure()
-        cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+        now = time.time()
+        cutoff = now - older_than_days * 86400 if older_than_days is not None else None
         fd = _flock(self.root / "cache.lock", fcntl.LOCK_EX, True)
         try:
-            self._prune_blobs(report, everything, cutoff)
+            self._prune_blobs(report, everything, cutoff, now - grace)
             self._prune_index(report)
             self._prune_tmp(report, everything, cutoff)
+            self._prune_ident(report, everything, cutoff)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -241,12 +261,41 @@ class Cache:
         report.removed.append(str(path.relative_to(self.root)))
         report.freed_bytes += size
 
-    def _prune_blobs(self, report: PruneReport, everything: bool, cutoff: float | None) -> None:
+    def _prune_blobs(
+        self, report: PruneReport, everything: bool, cutoff: float | None, recent: float
+    ) -> None:
         referenced = {e.sha256 for e in self.entries()}
         for blob in sorted(self.blobs.iterdir()):
-            old = cutoff is not None and blob.stat().st_mtime < cutoff
-            if everything or old or blob.name not in referenced:
+            try:
+                used = blob.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            old = cutoff is not None and used < cutoff
+            if not (everything or old or blob.name not in referenced):
+                continue
+            rel = str(blob.relative_to(self.root))
+            if used >= recent:
+                report.recent.append(rel)
+                continue
+            hold = self._hold_path(blob.name)
+            fd = _flock(hold, fcntl.LOCK_EX, False)
+            if fd is None:  # a running fetch holds it
+                report.busy.append(rel)
+                continue
+            try:
                 self._remove(blob, report)
+                hold.unlink(missing_ok=True)  # a holder that opened it meanwhile re-opens
+            finally:
+                os.close(fd)
+
+    def _prune_ident(self, report: PruneReport, everything: bool, cutoff: float | None) -> None:
+        for p in sorted(self.ident.glob("*")) if self.ident.is_dir() else []:
+            try:
+                stale = cutoff is not None and p.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
+            if everything or stale or p.suffix != ".json":
+                self._remove(p, report)
 
     def _prune_index(self, report: PruneReport) -> None:
         for p in sorted(self.index.glob("*.json")):
@@ -282,6 +331,45 @@ class Cache:
                 if fd is not None:  # held by us: nobody else can be relying on it
                     lock.unlink(missing_ok=True)
                     os.close(fd)
+
+
+class BlobHolds:
+    """Shared flocks on ``locks/blob-<sha256>.lock``, one per blob held; prune takes that lock
+    exclusively (without waiting) before it removes a blob, so a held blob stays.
+
+    Take the hold *before* looking for the blob or committing it: then a prune either ran
+    before (the blob is gone, and the caller downloads it) or skips it.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, sha256: str) -> None:
+        with self._lock:
+            if sha256 in self._fds:
+                return
+        fd = _flock(self._cache._hold_path(sha256), fcntl.LOCK_SH, True)
+        if fd is None:
+            return
+        with self._lock:
+            if sha256 in self._fds:
+                os.close(fd)
+            else:
+                self._fds[sha256] = fd
+
+    def release(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+    def __enter__(self) -> BlobHolds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def cache_write_error(e: OSError, root: Path) -> FetchError:

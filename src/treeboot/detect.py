@@ -25,6 +25,7 @@ import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from treeboot._detect_layouts import LAYOUTS, Context, Finding, Resolved
 from treeboot._rules import load_rules
@@ -34,6 +35,9 @@ from treeboot.metadata import decode, parse_disk_info
 from treeboot.model import Identification, Media, Verified
 from treeboot.osinfo import OsinfoDB, derive_short_id, load_osinfo
 from treeboot.treeinfo import match_treeinfo
+
+if TYPE_CHECKING:
+    from treeboot.signature import ReleasePrefetch
 
 __all__ = [
     "Probe",
@@ -167,8 +171,14 @@ def identify_location(
     kernel: str | None = None,
     initrd: str | None = None,
     keyring: Path | None = None,
+    seen: dict[str, bytes | None] | None = None,
 ) -> Identification:
-    """Identify an open location; ISO images go to :func:`treeboot.isodetect.identify_iso`."""
+    """Identify an open location; ISO images go to :func:`treeboot.isodetect.identify_iso`.
+
+    ``seen``, when given, receives every file of a tree the identification read, the signed
+    chain's Release files included (absolute URL -> bytes, None if absent): what
+    :mod:`treeboot.identcache` revalidates on the next run.
+    """
     if loc.media == Media.ISO:
         from treeboot.isodetect import identify_iso
         from treeboot.isolocation import IsoLocation
@@ -182,13 +192,26 @@ def identify_location(
     from treeboot.signature import apply_chain, start_release_prefetch
 
     prefetch = start_release_prefetch(loc)
-    known: dict[str, bytes | None] = {}
+    known: dict[str, bytes | None] = {} if seen is None else seen
     try:
         ident = identify_tree(loc, arch=arch, kernel=kernel, initrd=initrd, seen=known)
-        return apply_chain(loc, ident, keyring=keyring, prefetch=prefetch, known=known)
+        ident = apply_chain(loc, ident, keyring=keyring, prefetch=prefetch, known=known)
+        if seen is not None and prefetch is not None:
+            seen.update(_release_files(prefetch))
+        return ident
     finally:
         if prefetch is not None:
             prefetch.close()
+
+
+def _release_files(prefetch: ReleasePrefetch) -> dict[str, bytes | None]:
+    """The Release files the prefetch read (absolute URL -> bytes or None)."""
+    try:
+        reader = prefetch.result({})
+    except TreebootError:
+        return {}
+    files = getattr(reader, "known", None)
+    return dict(files) if isinstance(files, dict) else {}
 
 
 def identify_tree(

@@ -102,6 +102,7 @@ class InstallResult:
     identification: Identification
     accel: AccelChoice
     dry_run: bool
+    fetch: FetchResult | None = None
     run: RunResult | None = None
     trace_report: str | None = None
     secrets: list[str] = field(default_factory=list)
@@ -120,6 +121,8 @@ class InstallResult:
             "argv": self.argv,
             "command": shlex.join(self.argv),
         }
+        if self.fetch is not None:
+            d["fetch"] = self.fetch.to_json()
         if self.run is not None:
             d["result"] = self.run.to_json()
         if self.trace_report is not None:
@@ -155,31 +158,56 @@ def install(
         notice(f"using {accel.accel}: {accel.reason}")
     with contextlib.ExitStack() as stack:
         network, repo_url = prep.guest_network(request, ident, stack, dry_run=dry_run)
+        if not dry_run:
+            prep.check_guest_reachable(request, ident, network)
         payload = prep.unattended_payload(request, ident)
         cdrom = prep.install_medium(ident)
         cmdline = prep.kernel_cmdline(
             request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
         )
-        initrd, temp_files = prep.inject(request, payload, initrd, paths, dry_run=dry_run)
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
-        seed = prep.seed_volume(payload, paths, dry_run=dry_run)
-        plan = replace(
-            plan,
-            disk=prep.disk_plan(request, ident, arch, paths, dry_run=dry_run),
-            cdrom=cdrom,
-            seed_iso=seed,
-            temp_files=temp_files + ([seed] if seed else []),
-        )
-        argv = render_qemu_argv(plan, Phase.INSTALL)
-        result = InstallResult(plan, argv, ident, accel, dry_run, secrets=payload.secrets)
-        if dry_run:
-            return result
-        prep.check_guest_reachable(request, ident, network)
-        prediction = prep.predict_boot(plan)
-        result.run = _run(plan, request, out, fetched)
+        plan = replace(plan, cdrom=cdrom)
+        try:
+            plan = _prepare_files(plan, request, ident, payload, initrd, dry_run=dry_run)
+            argv = render_qemu_argv(plan, Phase.INSTALL)
+            result = InstallResult(
+                plan, argv, ident, accel, dry_run, fetched, secrets=payload.secrets
+            )
+            if dry_run:
+                return result
+            prediction = prep.predict_boot(plan)
+        except BaseException:
+            _remove(plan.temp_files)
+            raise
+        result.run = _run(plan, request, out, payload.secrets)
     if request.trace_boot:
         result.trace_report = prep.trace_report(plan, prediction)
     return result
+
+
+def _prepare_files(
+    plan: BootPlan,
+    request: InstallRequest,
+    ident: Identification,
+    payload: prep.Payload,
+    initrd: Path,
+    *,
+    dry_run: bool,
+) -> BootPlan:
+    """Write what the boot needs (injected initrd, seed volume, disk), unless ``dry_run``."""
+    paths = plan.paths
+    initrd, temp_files = prep.inject(request, payload, initrd, paths, dry_run=dry_run)
+    plan = replace(plan, initrd=initrd, temp_files=temp_files)
+    seed = prep.seed_volume(payload, paths, dry_run=dry_run)
+    if seed is not None:
+        plan = replace(plan, seed_iso=seed, temp_files=[*plan.temp_files, seed])
+    disk = prep.disk_plan(request, ident, plan.arch, paths, dry_run=dry_run)
+    return replace(plan, disk=disk)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _refuse_running(name: str, paths: VMPaths) -> None:
@@ -225,7 +253,7 @@ def _plan(
 
 
 def _run(
-    plan: BootPlan, request: InstallRequest, out: IO[bytes] | None, fetched: FetchResult | None
+    plan: BootPlan, request: InstallRequest, out: IO[bytes] | None, secrets: list[str]
 ) -> RunResult:
     paths = plan.paths
     paths.state_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +262,7 @@ def _run(
     if paths.trace_file is not None:
         paths.trace_file.unlink(missing_ok=True)
     opts = WatchOptions(ConsoleMode(request.console), request.wait, request.wait_for)
-    save_plan(plan)
+    save_plan(plan, secrets)
     save_watch_options(paths.state_dir, opts)
     write_status(paths, state="starting", phase=str(Phase.INSTALL), watcher_pid=os.getpid())
     if request.wait == 0:

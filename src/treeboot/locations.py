@@ -14,6 +14,7 @@ CONTRACT (other modules rely on this; keep it stable):
         extra keywords: if_range=validator, on_start=callback (resume; see TreeLocation.download)
     loc.stat(path)               -> RemoteStat(size, validator) | None
     loc.bytes_transferred        -> int, every byte read from the network/disk so far
+    tree.revalidate(path, validator) -> Revalidation   (trees only: a conditional re-read)
     loc.close()  (also a context manager)
 
 ``path`` is always relative to the location and checked by :func:`safe_relpath`.
@@ -66,6 +67,15 @@ class RemoteStat:
 
 
 OnStart = Callable[[RemoteStat, int], None]
+
+
+@dataclass(frozen=True)
+class Revalidation:
+    """Whether a file changed since a validator was taken (:meth:`TreeLocation.revalidate`)."""
+
+    unchanged: bool  # the server answered "Not Modified": ``data`` is None
+    data: bytes | None  # otherwise the current content (None: the file is absent)
+    validator: str | None = None  # the current validator, when the location gives one
 
 
 class Location(Protocol):
@@ -196,6 +206,7 @@ class TreeLocation(abc.ABC):
         self._lock = threading.Lock()
         self._transferred = 0
         self._memo: dict[str, bytes | None] = {}
+        self._validators: dict[str, str] = {}  # rel -> validator of what read() returned
 
     # -- what subclasses implement
     @abc.abstractmethod
@@ -220,6 +231,15 @@ class TreeLocation(abc.ABC):
 
     def _exists(self, rel: str) -> bool:
         return self._stat(rel) is not None
+
+    def _revalidate(self, rel: str, validator: str | None, max_size: int) -> Revalidation:
+        """Default: read the file again (callers compare contents)."""
+        return Revalidation(False, self._read(rel, max_size))
+
+    def _remember_validator(self, rel: str, validator: str | None) -> None:
+        if validator:
+            with self._lock:
+                self._validators[rel] = validator
 
     # -- the contract
     @property
@@ -256,6 +276,28 @@ class TreeLocation(abc.ABC):
         if data is not None and len(data) > max_size:
             raise too_big(self.where(rel), max_size, len(data))
         return data
+
+    def validator(self, path: str) -> str | None:
+        """The validator (strong ETag, else Last-Modified) of what :meth:`read` returned for
+        ``path``, if the location sent one with it (HTTP); None otherwise."""
+        return self._validators.get(safe_relpath(path))
+
+    def revalidate(
+        self, path: str, validator: str | None = None, max_size: int = DEFAULT_MAX_SIZE
+    ) -> Revalidation:
+        """Has ``path`` changed since ``validator``? One request, never answered from the memo.
+
+        HTTP sends a conditional GET (``If-None-Match``) when ``validator`` is a strong ETag
+        and trusts a 304; otherwise, and for other locations, the file is read again and the
+        caller compares contents. A file read again is memoised like :meth:`read`.
+        """
+        rel = safe_relpath(path)
+        result = self._revalidate(rel, validator, max_size)
+        if not result.unchanged:
+            with self._lock:
+                self._memo[rel] = result.data
+            self._remember_validator(rel, result.validator)
+        return result
 
     def read_many(
         self, paths: Iterable[str], max_size: int = DEFAULT_MAX_SIZE

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-stderr = Console(stderr=True, highlight=False)
+
+@functools.cache
+def stderr_console() -> Console:
+    """The rich console on stderr, created on first use (rich costs ~20 ms to import)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "stderr":  # the module attribute this used to be
+        return stderr_console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def emit_json(obj: Any) -> None:
@@ -18,7 +32,7 @@ def emit_json(obj: Any) -> None:
 
 def notice(message: str) -> None:
     """A one-line notice for the user on stderr (never on stdout, which may carry JSON)."""
-    stderr.print(f"treeboot: {message}", markup=False)
+    stderr_console().print(f"treeboot: {message}", markup=False)
 
 
 def progress_enabled(quiet: bool = False) -> bool:

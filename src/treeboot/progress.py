@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from treeboot.output import progress_enabled, stderr
+from treeboot.output import progress_enabled, stderr_console
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -52,7 +52,7 @@ class TransferProgress:
                 DownloadColumn(),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
-                console=stderr,
+                console=stderr_console(),
                 transient=False,
             )
             self.bars.start()

@@ -254,18 +254,36 @@ def start_background_watcher(
         start_new_session=True,
     )
     log.close()
+    try:
+        if _wait_running(proc, status_file, before, timeout):
+            return proc
+    except KeyboardInterrupt:
+        _end_watcher(proc)  # Ctrl-C while starting: nothing is left running
+        raise
+    tail = (state_dir / "watcher.log").read_text(errors="replace")[-2000:].strip()
+    _end_watcher(proc)
+    raise BootError(
+        f"the background VM did not start (phase {phase})" + (f":\n{tail}" if tail else ""),
+        hint=f"see {state_dir / 'qemu.log'} and {state_dir / 'watcher.log'}",
+    )
+
+
+def _wait_running(
+    proc: subprocess.Popen[bytes], status_file: Path, before: Any, timeout: float
+) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         status = _read_json(status_file)
         if status.get("updated") != before and status.get("watcher_pid") == proc.pid:
             if status.get("state") == "running":
-                return proc
+                return True
             if status.get("state") == "stopped":
-                break
-        if proc.poll() is not None:
-            break
+                return False
         time.sleep(0.05)
-    tail = (state_dir / "watcher.log").read_text(errors="replace")[-2000:].strip()
+    return False
+
+
+def _end_watcher(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()  # the watcher stops its QEMU before it exits
     try:
@@ -273,7 +291,3 @@ def start_background_watcher(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    raise BootError(
-        f"the background VM did not start (phase {phase})" + (f":\n{tail}" if tail else ""),
-        hint=f"see {state_dir / 'qemu.log'} and {state_dir / 'watcher.log'}",
-    )

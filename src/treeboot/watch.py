@@ -210,10 +210,10 @@ def run_phase(
         qemu_log.write(f"--- {time.ctime()} phase {phase}\n".encode())
         qemu_log.flush()
         proc = popen_tied(argv, stdout=qemu_log, stderr=qemu_log, cwd=paths.state_dir)
-    paths.pidfile.write_text(f"{proc.pid}\n")
-    write_status(paths, state="running", phase=str(phase), qemu_pid=proc.pid, outcome=None)
-    watcher = _Watcher(proc.pid, paths.console_log, log_offset, opts, deadline, out)
     try:
+        paths.pidfile.write_text(f"{proc.pid}\n")
+        write_status(paths, state="running", phase=str(phase), qemu_pid=proc.pid, outcome=None)
+        watcher = _Watcher(proc.pid, paths.console_log, log_offset, opts, deadline, out)
         outcome, detail, reason = asyncio.run(watcher.run(proc, paths))
     finally:
         status = stop_process(proc)
@@ -275,7 +275,7 @@ class _Watcher:
                 keyboard = KeyboardForwarder(paths.serial_socket)
                 if keyboard.start(loop):
                     sys.stderr.write("treeboot: console attached; Ctrl-] detaches the keyboard\r\n")
-            result = await self._loop(proc, listener)
+            result = await self._loop(proc, client, listener)
             if proc.poll() is None and connected:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.execute("quit"), 5.0)
@@ -303,7 +303,7 @@ class _Watcher:
             await asyncio.sleep(0.02)
         return False
 
-    async def _loop(self, proc: Any, listener: Any) -> _Verdict:
+    async def _loop(self, proc: Any, client: Any, listener: Any) -> _Verdict:
         while True:
             found = self._read_console()
             if found:
@@ -316,10 +316,26 @@ class _Watcher:
             if "GUEST_PANICKED" in events:
                 return Outcome.PANICKED, "GUEST_PANICKED event", None
             if proc.poll() is not None:
-                return self._ended(proc.returncode, events.get("SHUTDOWN"))
+                shutdown = await self._last_event(client, listener)
+                return self._ended(proc.returncode, shutdown)
             if self.deadline is not None and time.monotonic() > self.deadline:
                 return Outcome.TIMED_OUT, "--wait time limit reached", None
             await asyncio.sleep(_POLL)
+
+    @staticmethod
+    async def _last_event(client: Any, listener: Any) -> dict[str, Any] | None:
+        """QEMU has exited: let the QMP reader process what it sent before its socket closed."""
+        from qemu.qmp import Runstate
+
+        for _ in range(50):
+            if client.runstate is not Runstate.RUNNING:
+                break  # the reader saw EOF: every earlier message has been dispatched
+            await asyncio.sleep(0.02)
+        for event in reversed(listener.history):
+            if event["event"] == "SHUTDOWN":
+                data: dict[str, Any] = event.get("data", {})
+                return data
+        return None
 
     def _ended(self, status: int, shutdown: dict[str, Any] | None) -> _Verdict:
         found = self._read_console()  # the last lines may hold the marker
@@ -332,6 +348,11 @@ class _Watcher:
             return Outcome.PANICKED, "guest panic", reason
         if reason in ("host-qmp-quit", "host-signal") and status == 0:
             return Outcome.STOPPED, f"QEMU stopped from outside ({reason})", reason
+        if status < 0:
+            killer = signal.Signals(-status).name
+            return Outcome.STOPPED, f"QEMU was killed by {killer}", reason
+        if reason is None and status == 0:  # no QMP: -no-reboot makes both ends exit 0
+            return Outcome.FINISHED, "QEMU exited (no shutdown event seen)", None
         return Outcome.QEMU_FAILED, f"QEMU exited with status {status}", reason
 
     def _read_console(self) -> _Verdict | None:
