@@ -32,22 +32,13 @@ SHARED = ROOT.parent / "shared"
 SERVER = SHARED / "tools" / "shaped_http.py"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _iso_helpers import debian_netinst_files  # noqa: E402
+from _iso_helpers import debian_netinst_files, graft_points  # noqa: E402
 
 
 def build_sparse_iso(workdir: Path, size_gib: float) -> Path:
     """A Debian-DVD-like image with a ``size_gib`` sparse payload, written sparsely."""
     staging = workdir / "staging"
-    files = debian_netinst_files()
-    grafts = []
-    for inside, content in files.items():
-        if isinstance(content, Path):
-            grafts.append(f"/{inside}={content}")
-            continue
-        local = staging / inside
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(content.encode() if isinstance(content, str) else content)
-        grafts.append(f"/{inside}={local}")
+    grafts = graft_points(debian_netinst_files(), staging)
     big = workdir / "pool.bin"
     with big.open("wb") as f:
         f.truncate(int(size_gib * (1 << 30)))

@@ -183,6 +183,7 @@ class Bench:
             for cmd in (["destroy", name], ["undefine", name]):
                 subprocess.run([*VIRSH, *cmd], capture_output=True, check=False)
             log.unlink(missing_ok=True)
+            log.with_name(f"{name}.log").unlink(missing_ok=True)  # libvirt's domain log
 
 
 # -- libvirt daemons ----------------------------------------------------------------------

@@ -221,28 +221,14 @@ class _Includes:
 
 
 TARGETS: list[Target] = [
-    # productmd .treeinfo (ISO helper's parser and the detection helper's)
-    Target(
-        "isometa-treeinfo", "treeboot._isometa",
-        lambda: inputs(corpus("*/*/.treeinfo", "*/.treeinfo"),
-                       ini_document(TREEINFO_SECTIONS, TREEINFO_KEYS)),
-        lambda m, d: m.parse_treeinfo(text(d)),
-    ),
-    Target(
-        "isometa-disk-info", "treeboot._isometa",
-        lambda: inputs(corpus("*/*/.disk/info"), disk_info_document()),
-        lambda m, d: m.parse_disk_info(text(d)),
-    ),
-    Target(
-        "isometa-suse-content", "treeboot._isometa",
-        lambda: inputs(corpus("*/*/content", "*/content"), keyvalue_document(CONTENT_KEYS)),
-        lambda m, d: m.parse_suse_content(text(d)),
-    ),
+    # ISO media: .treeinfo, .disk/info, SUSE content and SHA256SUMS are read by the parsers of
+    # the treeinfo/metadata targets; the md5 lists (Ubuntu's md5sum.txt) by isometa's own
     Target(
         "isometa-checksum-list", "treeboot._isometa",
-        lambda: inputs([b"0" * 64 + b"  ./linux\n"], manifest_document()),
-        lambda m, d: m.parse_checksum_list(text(d), "sha256"),
+        lambda: inputs([b"0" * 32 + b"  ./linux\n"], manifest_document()),
+        lambda m, d: m.parse_checksum_list(text(d), "md5"),
     ),
+    # productmd .treeinfo (tree detection and ISO identification)
     Target(
         "treeinfo", "treeboot.treeinfo",
         lambda: inputs(corpus("*/*/.treeinfo", "*/.treeinfo"),

@@ -60,16 +60,7 @@ def build_iso(
     """Write an ISO9660 image with ``files`` (path inside -> content) and return its path."""
     xorriso = need_xorriso()
     staging = out.parent / (out.name + ".d")
-    staging.mkdir(parents=True, exist_ok=True)
-    grafts: list[str] = []
-    for inside, content in files.items():
-        if isinstance(content, Path):
-            grafts.append(f"/{inside}={content}")
-            continue
-        local = staging / inside
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(content.encode() if isinstance(content, str) else content)
-        grafts.append(f"/{inside}={local}")
+    grafts = graft_points(files, staging)
     argv = [xorriso, "-as", "mkisofs", "-quiet", "-o", str(out), "-V", volume_id]
     argv += ["-sysid", system_id, "-graft-points"]
     argv += ["-publisher", publisher] if publisher else []
@@ -90,6 +81,22 @@ def build_iso(
     return out
 
 
+def graft_points(files: dict[str, Content], staging: Path) -> list[str]:
+    """xorriso ``-graft-points`` for ``files``: host files as they are, the rest written below
+    ``staging`` (created here; the caller removes it)."""
+    staging.mkdir(parents=True, exist_ok=True)
+    grafts: list[str] = []
+    for inside, content in files.items():
+        if isinstance(content, Path):
+            grafts.append(f"/{inside}={content}")
+            continue
+        local = staging / inside
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(content.encode() if isinstance(content, str) else content)
+        grafts.append(f"/{inside}={local}")
+    return grafts
+
+
 def patch_pvd(iso: Path, offset: int, size: int, text: str) -> None:
     """Overwrite a space-padded text field of the primary volume descriptor (ECMA-119 8.4)."""
     with iso.open("r+b") as f:
@@ -98,19 +105,13 @@ def patch_pvd(iso: Path, offset: int, size: int, text: str) -> None:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def md5(path: Path) -> str:
-    h = hashlib.md5()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 # --------------------------------------------------------------------------- real layouts

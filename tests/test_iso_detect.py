@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from _iso_helpers import (
     SUSE_ISOLINUX,
     UBUNTU_GRUB,
     UBUNTU_LOOPBACK,
+    Content,
     build_iso,
     debian_netinst_files,
     fakemedia,
@@ -29,8 +31,10 @@ from _iso_helpers import (
     sha256,
 )
 from _net_helpers import serve_http
+from treeboot import cmdline
+from treeboot._rules import load_rules
 from treeboot.errors import DetectionError
-from treeboot.isodetect import identify_iso, load_iso_rules, network_install_error
+from treeboot.isodetect import identify_iso, load_layouts, network_install_error
 from treeboot.isolocation import open_iso
 from treeboot.model import Identification, Media, Verified
 
@@ -48,23 +52,29 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def cdrom_args(ident: Identification) -> list[str]:
+    """What the kernel command line adds to the medium's own args to boot from the CD-ROM."""
+    args = cmdline.build_cmdline(
+        ident, arch=ident.arch or "x86_64", repo_url=None, console=None, medium_attached=True
+    )
+    return [a for a in args if a not in ident.boot_args]
+
+
 # --------------------------------------------------------------------------- rules
 
 
 def test_every_layout_rule_loads_and_is_consistent() -> None:
-    rules = load_iso_rules()
-    assert rules.layouts and rules.installers
+    layouts = load_layouts()
+    assert layouts
     names = set()
-    for layout in rules.layouts:
+    for layout in layouts:
         assert layout.name not in names
         names.add(layout.name)
         assert bool(layout.kernel) == bool(layout.initrd)
         assert bool(layout.kernel) != bool(layout.markers), layout.name
         if layout.installer:
-            assert layout.installer in rules.installers, layout.name
-    for inst in rules.installers.values():
-        assert set(inst.needs) <= {"cdrom", "repo-url"}
-        assert inst.distros
+            assert layout.installer in load_rules().installers, layout.name
+            assert cmdline.load_rules().installer(layout.installer) is not None, layout.name
 
 
 # --------------------------------------------------------------------------- shared fixtures
@@ -77,8 +87,7 @@ def test_fedora_netinst_fixture() -> None:
     assert ident.known_to_database and ident.installer == "anaconda"
     assert (ident.kernel, ident.initrd) == ("isolinux/vmlinuz", "isolinux/initrd.img")
     assert ident.needs == ["cdrom"]
-    cdrom_args = ident.extra["needs_args"]["cdrom"]
-    assert cdrom_args == ["inst.stage2=hd:LABEL=Fedora-WS-dvd-x86_64-26"]
+    assert cdrom_args(ident) == ["inst.stage2=hd:CDLABEL=Fedora-WS-dvd-x86_64-26"]
     iso = ident.extra["iso"]
     assert iso["volume_id"] == "Fedora-WS-dvd-x86_64-26" and iso["system_id"] == "LINUX"
     assert iso["el_torito"] and iso["rock_ridge"] and iso["joliet"]
@@ -140,35 +149,6 @@ def isos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One image per supported layout, with real volume ids."""
     d = tmp_path_factory.mktemp("isos")
     k, i = b"\x00kernel\x00" * 64, b"\x1f\x8binitrd" * 64
-    out = {}
-    out["debian12"] = build_iso(
-        d / "debian-12.iso",
-        debian_netinst_files(),
-        volume_id="Debian 12.4.0 amd64 n",
-        boot_image="isolinux/isolinux.bin",
-    )
-    out["debian11"] = build_iso(
-        d / "debian-11.iso",
-        {
-            "install.amd/vmlinuz": k,
-            "install.amd/initrd.gz": i,
-            "install.386/vmlinuz": k,
-            "install.386/initrd.gz": i,
-        },
-        volume_id="Debian 11.5.0 amd64 n",
-    )
-    out["ubuntu"] = build_iso(
-        d / "ubuntu.iso",
-        {
-            "casper/vmlinuz": k,
-            "casper/initrd": i,
-            ".disk/info": 'Ubuntu-Server 22.04.3 LTS "Jammy Jellyfish" - Release amd64 (20230810)',
-            "boot/grub/grub.cfg": UBUNTU_GRUB,
-            "boot/grub/loopback.cfg": UBUNTU_LOOPBACK,
-            "md5sum.txt": f"{hashlib.md5(k).hexdigest()}  ./casper/vmlinuz\n",
-        },
-        volume_id="Ubuntu-Server 22.04.3 LTS amd64",
-    )
     treeinfo = (
         "[header]\ntype = productmd.treeinfo\nversion = 1.2\n"
         "[release]\nname = Fedora\nshort = Fedora\nversion = 37\n"
@@ -178,74 +158,99 @@ def isos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         f"[checksums]\nimages/pxeboot/vmlinuz = sha256:{_sha(k)}\n"
         f"images/pxeboot/initrd.img = sha256:{_sha(i)}\n"
     )
-    out["fedora"] = build_iso(
-        d / "fedora.iso",
-        {
-            ".treeinfo": treeinfo,
-            "images/pxeboot/vmlinuz": k,
-            "images/pxeboot/initrd.img": i,
-            "isolinux/vmlinuz": k,
-            "isolinux/initrd.img": i,
-            "isolinux/isolinux.cfg": ANACONDA_ISOLINUX,
-        },
-        volume_id="Fedora-S-dvd-x86_64-37",
-    )
-    out["opensuse"] = build_iso(
-        d / "opensuse.iso",
-        {
-            "boot/x86_64/loader/linux": k,
-            "boot/x86_64/loader/initrd": i,
-            "boot/x86_64/loader/isolinux.cfg": SUSE_ISOLINUX,
-            "content": f"DISTRO cpe:/o:opensuse:leap:15.4,openSUSE Leap 15.4\n"
-            f"HASH SHA256 {_sha(k)}  boot/x86_64/loader/linux\n"
-            f"HASH SHA256 {_sha(i)}  boot/x86_64/loader/initrd\n",
-        },
-        volume_id="openSUSE-Leap-15.4-DVD-x86_64",
-        publisher="SUSE LINUX GmbH",
-    )
-    out["arch"] = build_iso(
-        d / "arch.iso",
-        {
-            "arch/boot/x86_64/vmlinuz-linux": k,
-            "arch/boot/x86_64/initramfs-linux.img": i,
-            "arch/boot/intel-ucode.img": b"ucode",
-            "arch/boot/amd-ucode.img": b"ucode",
-            "syslinux/syslinux.cfg": ARCH_SYSLINUX,
-            "syslinux/archiso_sys-linux.cfg": ARCH_SYS_LINUX,
-            "arch/version": "2022.12.01\n",
-        },
-        volume_id="ARCH_202212",
-        publisher="ARCH LINUX <HTTPS://ARCHLINUX.ORG>",
-        application_id="ARCH LINUX LIVE/RESCUE CD",
-    )
-    out["alpine"] = build_iso(
-        d / "alpine.iso",
-        {
-            "boot/vmlinuz-lts": k,
-            "boot/initramfs-lts": i,
-            "boot/syslinux/syslinux.cfg": ALPINE_SYSLINUX,
-            ".alpine-release": "3.17.0\n",
-        },
-        volume_id="alpine-std 3.17.0 x86_64",
-    )
-    out["freebsd"] = build_iso(
-        d / "freebsd.iso",
-        {"boot/kernel/kernel": b"\x7fELF", "boot/loader.conf": "x=1\n"},
-        volume_id="13_1_RELEASE_AMD64_CD",
-        system_id="FreeBSD",
-    )
     kernel, _ = need_debian_netboot()
-    out["custom"] = build_iso(
-        d / "custom.iso",
-        {
-            "live/vmlinuz": kernel,
-            "live/initrd.img": i,
-            "boot/grub/grub.cfg": CUSTOM_GRUB,
-            "boot/memtest86+.bin": b"m",
-        },
-        volume_id="MYDISTRO_2024",
-    )
-    return out
+    # name -> (files, primary volume descriptor fields)
+    images: dict[str, tuple[dict[str, Content], dict[str, Any]]] = {
+        "debian-12": (
+            debian_netinst_files(),
+            {"volume_id": "Debian 12.4.0 amd64 n", "boot_image": "isolinux/isolinux.bin"},
+        ),
+        "debian-11": (
+            {
+                "install.amd/vmlinuz": k,
+                "install.amd/initrd.gz": i,
+                "install.386/vmlinuz": k,
+                "install.386/initrd.gz": i,
+            },
+            {"volume_id": "Debian 11.5.0 amd64 n"},
+        ),
+        "ubuntu": (
+            {
+                "casper/vmlinuz": k,
+                "casper/initrd": i,
+                ".disk/info": 'Ubuntu-Server 22.04.3 LTS "Jammy Jellyfish" - Release amd64'
+                " (20230810)",
+                "boot/grub/grub.cfg": UBUNTU_GRUB,
+                "boot/grub/loopback.cfg": UBUNTU_LOOPBACK,
+                "md5sum.txt": f"{hashlib.md5(k).hexdigest()}  ./casper/vmlinuz\n",
+            },
+            {"volume_id": "Ubuntu-Server 22.04.3 LTS amd64"},
+        ),
+        "fedora": (
+            {
+                ".treeinfo": treeinfo,
+                "images/pxeboot/vmlinuz": k,
+                "images/pxeboot/initrd.img": i,
+                "isolinux/vmlinuz": k,
+                "isolinux/initrd.img": i,
+                "isolinux/isolinux.cfg": ANACONDA_ISOLINUX,
+            },
+            {"volume_id": "Fedora-S-dvd-x86_64-37"},
+        ),
+        "opensuse": (
+            {
+                "boot/x86_64/loader/linux": k,
+                "boot/x86_64/loader/initrd": i,
+                "boot/x86_64/loader/isolinux.cfg": SUSE_ISOLINUX,
+                "content": f"DISTRO cpe:/o:opensuse:leap:15.4,openSUSE Leap 15.4\n"
+                f"HASH SHA256 {_sha(k)}  boot/x86_64/loader/linux\n"
+                f"HASH SHA256 {_sha(i)}  boot/x86_64/loader/initrd\n",
+            },
+            {"volume_id": "openSUSE-Leap-15.4-DVD-x86_64", "publisher": "SUSE LINUX GmbH"},
+        ),
+        "arch": (
+            {
+                "arch/boot/x86_64/vmlinuz-linux": k,
+                "arch/boot/x86_64/initramfs-linux.img": i,
+                "arch/boot/intel-ucode.img": b"ucode",
+                "arch/boot/amd-ucode.img": b"ucode",
+                "syslinux/syslinux.cfg": ARCH_SYSLINUX,
+                "syslinux/archiso_sys-linux.cfg": ARCH_SYS_LINUX,
+                "arch/version": "2022.12.01\n",
+            },
+            {
+                "volume_id": "ARCH_202212",
+                "publisher": "ARCH LINUX <HTTPS://ARCHLINUX.ORG>",
+                "application_id": "ARCH LINUX LIVE/RESCUE CD",
+            },
+        ),
+        "alpine": (
+            {
+                "boot/vmlinuz-lts": k,
+                "boot/initramfs-lts": i,
+                "boot/syslinux/syslinux.cfg": ALPINE_SYSLINUX,
+                ".alpine-release": "3.17.0\n",
+            },
+            {"volume_id": "alpine-std 3.17.0 x86_64"},
+        ),
+        "freebsd": (
+            {"boot/kernel/kernel": b"\x7fELF", "boot/loader.conf": "x=1\n"},
+            {"volume_id": "13_1_RELEASE_AMD64_CD", "system_id": "FreeBSD"},
+        ),
+        "custom": (
+            {
+                "live/vmlinuz": kernel,
+                "live/initrd.img": i,
+                "boot/grub/grub.cfg": CUSTOM_GRUB,
+                "boot/memtest86+.bin": b"m",
+            },
+            {"volume_id": "MYDISTRO_2024"},
+        ),
+    }
+    return {
+        name.replace("-", ""): build_iso(d / f"{name}.iso", files, **pvd)
+        for name, (files, pvd) in images.items()
+    }
 
 
 def test_debian_netinst_newer_than_the_database(isos: dict[str, Path]) -> None:
@@ -286,7 +291,7 @@ def test_ubuntu_live_server(isos: dict[str, Path]) -> None:
     assert (ident.kernel, ident.initrd) == ("casper/vmlinuz", "casper/initrd")
     assert ident.installer == "subiquity" and ident.needs == ["cdrom"]
     assert ident.boot_args == ["---"]
-    assert ident.extra["needs_args"]["cdrom"] == ["boot=casper"]
+    assert cdrom_args(ident) == ["boot=casper"]
     assert ident.checksums == {}  # md5 only: reported, not used for verification
     assert ident.extra["other_checksums"]["casper/vmlinuz"].startswith("md5:")
 
@@ -300,7 +305,19 @@ def test_fedora_dvd_with_productmd_treeinfo(isos: dict[str, Path]) -> None:
     assert ident.extra["stage2"] == "images/install.img"
     # The isolinux entry boots another copy of the kernel: no args are borrowed from it.
     assert ident.boot_args == []
-    assert ident.extra["needs_args"]["cdrom"] == ["inst.stage2=hd:LABEL=Fedora-S-dvd-x86_64-37"]
+    assert cdrom_args(ident) == ["inst.stage2=hd:CDLABEL=Fedora-S-dvd-x86_64-37"]
+
+
+def test_damaged_treeinfo_leaves_the_other_evidence(tmp_path: Path) -> None:
+    files: dict[str, Content] = {
+        ".treeinfo": "kernel = images/pxeboot/vmlinuz\n[images-x86_64\n",
+        "images/pxeboot/vmlinuz": b"k",
+        "images/pxeboot/initrd.img": b"i",
+    }
+    ident = identify(build_iso(tmp_path / "f.iso", files, volume_id="Fedora-S-dvd-x86_64-37"))
+    assert ident.os == "fedora37" and ident.installer == "anaconda"
+    assert ident.kernel == "images/pxeboot/vmlinuz"
+    assert ident.extra["kernel_source"] == "layout:anaconda"
 
 
 def test_opensuse_leap(isos: dict[str, Path]) -> None:
@@ -316,7 +333,7 @@ def test_arch_linux(isos: dict[str, Path]) -> None:
     assert ident.os == "archlinux" and ident.installer == "archiso"
     assert ident.initrd == "arch/boot/x86_64/initramfs-linux.img"
     assert "archisolabel=ARCH_202212" in ident.boot_args
-    assert ident.extra["needs_args"]["cdrom"] == []  # the medium's own args already say it
+    assert cdrom_args(ident) == []  # the medium's own args already say it
 
 
 def test_alpine(isos: dict[str, Path]) -> None:

@@ -197,9 +197,16 @@ def _patch_extent(data: bytearray, old_lba: int, new_lba: int) -> int:
     return count
 
 
-def test_file_record_pointing_outside_the_image(names_iso: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "path, message",
+    [("hello.txt", "outside the image"), ("boot/grub", "")],
+    ids=["file-record", "directory-record"],
+)
+def test_record_pointing_outside_the_image(
+    names_iso: Path, tmp_path: Path, path: str, message: str
+) -> None:
     with open_iso(str(names_iso)) as loc:
-        entry = loc.entry("hello.txt")
+        entry = loc.entry(path)
         assert entry is not None
         lba = entry.extents[0][0] // 2048
     data = bytearray(names_iso.read_bytes())
@@ -208,20 +215,7 @@ def test_file_record_pointing_outside_the_image(names_iso: Path, tmp_path: Path)
     bad.write_bytes(bytes(data))
     with pytest.raises(IsoError) as e:
         open_iso(str(bad))
-    assert "outside the image" in str(e.value)
-
-
-def test_directory_record_pointing_outside_the_image(names_iso: Path, tmp_path: Path) -> None:
-    with open_iso(str(names_iso)) as loc:
-        entry = loc.entry("boot/grub")
-        assert entry is not None
-        lba = entry.extents[0][0] // 2048
-    data = bytearray(names_iso.read_bytes())
-    assert _patch_extent(data, lba, 0x00FFFFF0) >= 1
-    bad = tmp_path / "diroutside.iso"
-    bad.write_bytes(bytes(data))
-    with pytest.raises(IsoError):
-        open_iso(str(bad))
+    assert message in str(e.value)
 
 
 def test_mutated_descriptors_never_escape_as_tracebacks(tmp_path: Path) -> None:

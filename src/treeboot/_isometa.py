@@ -1,24 +1,27 @@
 """What the metadata files on install media say, as one shape (private to isodetect).
 
-Adapts the parsers of :mod:`treeboot.metadata` (``.disk/info``, SUSE ``content``,
-``.alpine-release``, ``SHA256SUMS``) and parses ``.treeinfo`` (productmd and the older
-``[general]`` form; minimal, until a shared treeinfo parser exists) into :class:`MediaFacts`.
+Adapts the shared parsers into :class:`MediaFacts`: :mod:`treeboot.treeinfo` for ``.treeinfo``
+(parsing, image selection and osinfo naming), :mod:`treeboot.metadata` for ``.disk/info``, SUSE
+``content``, ``.alpine-release`` and ``SHA256SUMS``.
 """
 
 from __future__ import annotations
 
-import configparser
+import contextlib
 import re
 from dataclasses import dataclass, field
 
+from treeboot._rules import load_rules
 from treeboot.arch import Architecture
-from treeboot.errors import UsageError
+from treeboot.errors import MetadataError, TreebootError, UsageError
 from treeboot.metadata import (
     parse_disk_info,
     parse_one_version,
     parse_sha256sums,
     parse_suse_content,
 )
+from treeboot.osinfo import OsinfoDB
+from treeboot.treeinfo import OsGuess, guess_os, parse_treeinfo, select_images
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,10 @@ class MediaFacts:
     name: str | None = None
     version: str | None = None
     arch: str | None = None
-    variant: str | None = None
     images: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # arch->k,i
     checksums: dict[str, str] = field(default_factory=dict)  # path -> "algo:hex"
     extra: dict[str, str] = field(default_factory=dict)
+    os: OsGuess | None = None  # osinfo naming, where the file says enough (.treeinfo)
 
 
 def norm_arch(name: str | None) -> str | None:
@@ -45,7 +48,7 @@ def norm_arch(name: str | None) -> str | None:
         return {"armhf": "armv7l", "armel": "armv6l"}.get(name.strip().lower())
 
 
-# Family / release names as .treeinfo, .disk/info and SUSE write them -> osinfo <distro>.
+# Release names as .disk/info and SUSE content write them -> osinfo <distro>.
 _DISTRO_NAMES = (
     (re.compile(r"red hat enterprise linux|^rhel", re.I), "rhel"),
     (re.compile(r"centos stream", re.I), "centos-stream"),
@@ -74,37 +77,29 @@ def distro_of(name: str | None) -> str | None:
     return None
 
 
-def parse_treeinfo(text: str, source: str = ".treeinfo") -> MediaFacts:
-    """productmd ``.treeinfo`` ([release]/[tree]/[images-*]/[checksums]) or the older form."""
-    cp = configparser.ConfigParser(interpolation=None, strict=False)
+def from_treeinfo(text: str, source: str, *, arch: str | None, db: OsinfoDB) -> MediaFacts:
+    """``.treeinfo`` through :mod:`treeboot.treeinfo`; a damaged file says nothing."""
+    rules = load_rules()
     try:
-        cp.read_string(text, source=source)
-    except configparser.Error:
-        return MediaFacts(source)
-
-    def get(*pairs: tuple[str, str]) -> str | None:
-        for sec, key in pairs:
-            if cp.has_option(sec, key) and cp.get(sec, key).strip():
-                return cp.get(sec, key).strip()
-        return None
-
-    family = get(("release", "name"), ("general", "family"))
+        ti = parse_treeinfo(text, source)
+    except MetadataError:
+        return MediaFacts(source)  # the layouts and the boot loader may still tell
     images: dict[str, tuple[str | None, str | None]] = {}
-    for sec in cp.sections():
-        if sec.startswith("images-"):
-            images[sec[len("images-") :]] = (get((sec, "kernel")), get((sec, "initrd")))
-    checksums = dict(cp.items("checksums")) if cp.has_section("checksums") else {}
-    extra = {"stage2": v} if (v := get(("stage2", "mainimage"))) else {}
+    with contextlib.suppress(TreebootError):  # no usable [images-*]: other evidence decides
+        got, kernel, initrd = select_images(ti, arch, rules, source)
+        images[got] = (kernel, initrd)
+    own = norm_arch(ti.arch)
+    guess = guess_os(ti, arch or own, db, rules)
     return MediaFacts(
         source=source,
-        distro=distro_of(family),
-        name=get(("general", "name")) or family,
-        version=get(("release", "version"), ("general", "version")),
-        arch=norm_arch(get(("tree", "arch"), ("general", "arch"))),
-        variant=get(("general", "variant"), ("tree", "variants")),
+        distro=guess.distro,
+        name=guess.name,
+        version=guess.version,
+        arch=own,
         images=images,
-        checksums={k: v.strip() for k, v in checksums.items() if ":" in v},
-        extra=extra,
+        checksums=ti.checksums,
+        extra={"stage2": ti.stage2} if ti.stage2 else {},
+        os=guess,
     )
 
 
@@ -162,7 +157,7 @@ def parse_checksum_list(text: str, algo: str) -> dict[str, str]:
 
 
 # Checksum files media publish, strongest first. Only sha256 is verified by fetch; md5 sums
-# (all Ubuntu media publish) are reported in ``extra["md5"]``.
+# (all Ubuntu media publish) are reported in ``extra["other_checksums"]``.
 CHECKSUM_FILES = (
     ("sha256sum.txt", "sha256"),
     ("SHA256SUMS", "sha256"),

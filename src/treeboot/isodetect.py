@@ -10,7 +10,9 @@ Order of evidence (strongest first):
    arguments, so that custom and respun images are "unknown but bootable" (``os: null``).
 
 The result is the same :class:`~treeboot.model.Identification` as for trees, with
-``media == "iso"`` and the volume descriptor in ``extra["iso"]``.
+``media == "iso"`` and the volume descriptor in ``extra["iso"]``. The installer is named from
+``rules/distros.toml`` (as for trees); the kernel arguments that point it at the medium are
+:mod:`treeboot.cmdline`'s (``cdrom`` mode of ``rules/installers.toml``).
 """
 
 from __future__ import annotations
@@ -25,25 +27,23 @@ from importlib import resources
 from typing import Any
 
 from treeboot import _isometa as meta
+from treeboot._rules import load_rules
 from treeboot.bootcfg import BootConfig, read_boot_config
-from treeboot.errors import DetectionError, MetadataError
+from treeboot.cmdline import udev_label
+from treeboot.errors import DetectionError, MetadataError, TreebootError
 from treeboot.isolocation import IsoInfo, IsoLocation
+from treeboot.kernel import parse_kernel
 from treeboot.model import Identification, Media, Verified
 from treeboot.osinfo import MediaMatch, MediaRule, OsEntry, OsinfoDB, load_osinfo
 
 _META_MAX = 16 * 1024 * 1024
+_KERNEL_HEAD = 1 << 16  # enough for every header treeboot.kernel reads to name the arch
+# An installer booted from the medium reads its second stage and packages from it: whatever the
+# installer, the image must stay attached (the pipeline attaches a local one as a CD-ROM).
+_NEEDS = ["cdrom"]
 
 
 # --------------------------------------------------------------------------- rules (data)
-
-
-@dataclass(frozen=True)
-class InstallerRule:
-    name: str
-    distros: tuple[str, ...]
-    needs: tuple[str, ...] = ()
-    cdrom_args: tuple[str, ...] = ()
-    repo_url_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,29 +58,11 @@ class LayoutRule:
     installer: str | None = None
 
 
-@dataclass(frozen=True)
-class IsoRules:
-    installers: dict[str, InstallerRule]
-    layouts: tuple[LayoutRule, ...]
-
-    def installer_for(self, distro: str | None) -> InstallerRule | None:
-        for rule in self.installers.values():
-            if distro in rule.distros:
-                return rule
-        return None
-
-
 @functools.cache
-def load_iso_rules() -> IsoRules:
-    """``rules/iso_layouts.toml`` as frozen dataclasses."""
+def load_layouts() -> tuple[LayoutRule, ...]:
+    """``rules/iso_layouts.toml`` as frozen dataclasses, in the order they are tried."""
     text = resources.files("treeboot").joinpath("rules/iso_layouts.toml").read_text("utf-8")
-    data = tomllib.loads(text)
-    installers = {
-        name: InstallerRule(name, **{k: tuple(v) for k, v in body.items()})
-        for name, body in data.get("installers", {}).items()
-    }
-    layouts = tuple(_layout(body) for body in data.get("layouts", []))
-    return IsoRules(installers, layouts)
+    return tuple(_layout(body) for body in tomllib.loads(text).get("layouts", []))
 
 
 def _layout(body: dict[str, Any]) -> LayoutRule:
@@ -148,10 +130,13 @@ class _Probe:
             self.evidence.append(path)
 
 
-def _content_facts(probe: _Probe) -> list[meta.MediaFacts]:
+def _content_facts(probe: _Probe, arch: str | None, db: OsinfoDB) -> list[meta.MediaFacts]:
+    def treeinfo(text: str, source: str) -> meta.MediaFacts:
+        return meta.from_treeinfo(text, source, arch=arch, db=db)
+
     parsers: tuple[tuple[str, Callable[[str, str], meta.MediaFacts]], ...] = (
-        (".treeinfo", meta.parse_treeinfo),
-        ("treeinfo", meta.parse_treeinfo),
+        (".treeinfo", treeinfo),
+        ("treeinfo", treeinfo),
         (".disk/info", meta.from_disk_info),
         ("content", meta.from_suse_content),
         (
@@ -181,8 +166,8 @@ class _LayoutHit:
     arch: str | None
 
 
-def _find_layout(probe: _Probe, rules: IsoRules, arch: str | None) -> _LayoutHit | None:
-    for rule in rules.layouts:
+def _find_layout(probe: _Probe, arch: str | None) -> _LayoutHit | None:
+    for rule in load_layouts():
         if arch and rule.arch and rule.arch != arch:
             continue
         if rule.markers:
@@ -241,22 +226,21 @@ def identify_iso(
     arch = meta.norm_arch(arch) if arch else None
     info = loc.info
     probe = _Probe(loc)
-    rules = load_iso_rules()
-    facts = _content_facts(probe)
+    db = db or load_osinfo()
+    facts = _content_facts(probe, arch, db)
     content_arch = _first(facts, "arch")
     if arch and content_arch and content_arch != arch:
         raise DetectionError(
             f"{loc.url} is an {content_arch} image, not {arch}",
             hint=f"drop --arch or pass --arch {content_arch}",
         )
-    layout = _find_layout(probe, rules, arch or content_arch)
-    db = db or load_osinfo()
+    layout = _find_layout(probe, arch or content_arch)
     matches = match_media(db, info, arch)
     want_arch = arch or content_arch or (layout.arch if layout else None)
     match = _pick_match(matches, want_arch)
     boot = read_boot_config(probe.read, loc.listdir)
     return _assemble(
-        _Inputs(loc, probe, rules, facts, layout, match, matches, boot, db),
+        _Inputs(loc, probe, facts, layout, match, matches, boot, db),
         arch=want_arch or (match.media.arch if match and match.media.arch != "all" else None),
         kernel=kernel,
         initrd=initrd,
@@ -283,7 +267,6 @@ def _pick_match(matches: list[MediaMatch], arch: str | None) -> MediaMatch | Non
 class _Inputs:
     loc: IsoLocation
     probe: _Probe
-    rules: IsoRules
     facts: list[meta.MediaFacts]
     layout: _LayoutHit | None
     match: MediaMatch | None
@@ -308,16 +291,9 @@ def _assemble(
     marker_only = x.layout is not None and x.layout.kernel is None
     if os_entry is None and short_id is None and kernel is None and not marker_only:
         raise _not_identified(x)
-    installer_rule = x.rules.installer_for(distro)
-    installer = (x.layout.rule.installer if x.layout else None) or (
-        installer_rule.name if installer_rule else None
-    )
-    if installer_rule is None and installer:
-        installer_rule = x.rules.installers.get(installer)
     boot_args = list(entry.args) if entry else []
     boot_args, relabelled = _fix_labels(boot_args, info.volume_id)
     extra: dict[str, Any] = {"iso": info.to_json(), "kernel_source": source}
-    needs = _needs(installer_rule, boot_args, info, kernel is not None, extra)
     if x.match:
         extra["osinfo_media"] = _rule_json(x.match)
         others = sorted({m.entry.short_id for m in x.matches} - {x.match.entry.short_id})
@@ -345,13 +321,13 @@ def _assemble(
         name=(os_entry.name if os_entry else None) or _first(x.facts, "name"),
         version=(os_entry.version if os_entry else None) or _first(x.facts, "version"),
         arch=arch,
-        installer=installer,
+        installer=_installer(x.layout, distro, kernel),
         kernel=kernel,
         initrd=initrd,
         checksums=checksums,
         evidence=(["iso9660:volume-descriptor"] if x.match else []) + probe.evidence,
         known_to_database=os_entry is not None,
-        needs=needs,
+        needs=list(_NEEDS),
         boot_args=boot_args,
         verified=_verified(checksums, [p for p in (kernel, initrd) if p]),
         extra=extra,
@@ -394,13 +370,15 @@ def _kernel_initrd(
 
 
 def _os_entry(x: _Inputs) -> tuple[OsEntry | None, str | None]:
-    """The osinfo entry (volume descriptor match, else derived from content) and short id."""
+    """The osinfo entry (volume descriptor match, else named from content) and short id."""
     if x.match:
         return x.match.entry, x.match.entry.short_id
+    guess = next((f.os for f in x.facts if f.os and f.os.short_id), None)  # .treeinfo
+    if guess is not None:
+        return (guess.entry if guess.known else None), guess.short_id
     distro = _first(x.facts, "distro") or (x.layout.rule.distro if x.layout else None)
     version = _first(x.facts, "version")
     if distro == "archlinux":
-        version = version or _arch_version(x.loc.info.volume_id)
         entry = x.db.get("archlinux")
         return entry, entry.short_id if entry else "archlinux"
     if not distro or not version:
@@ -410,30 +388,13 @@ def _os_entry(x: _Inputs) -> tuple[OsEntry | None, str | None]:
     return entry, short_id
 
 
-def _arch_version(volume_id: str) -> str | None:
-    m = re.fullmatch(r"ARCH_(\d{4})(\d{2})", volume_id)
-    return f"{m.group(1)}.{m.group(2)}.01" if m else None
-
-
-def _needs(
-    rule: InstallerRule | None,
-    boot_args: list[str],
-    info: IsoInfo,
-    has_kernel: bool,
-    extra: dict[str, Any],
-) -> list[str]:
-    """What the booted installer still needs from the medium, and the args that wire it."""
-    if rule is None:
-        return ["cdrom"]  # unknown but bootable (or Windows/BSD): it booted from this medium
-    keys = {a.split("=", 1)[0] for a in boot_args}
-    label = info.volume_id.replace(" ", "\\x20")
-    cdrom = [a.format(volume_id=label) for a in rule.cdrom_args if a.split("=", 1)[0] not in keys]
-    needs_args: dict[str, list[str]] = {"cdrom": cdrom}
-    if rule.repo_url_args:
-        needs_args["repo-url"] = list(rule.repo_url_args)
-    if has_kernel:
-        extra["needs_args"] = needs_args
-    return list(rule.needs)
+def _installer(layout: _LayoutHit | None, distro: str | None, kernel: str | None) -> str | None:
+    """The layout's installer, else the kernel path's, else the distro's (rules/distros.toml)."""
+    if layout and layout.rule.installer:
+        return layout.rule.installer
+    rules = load_rules()
+    rule = rules.installer_for_kernel(kernel) or rules.installer_for_distro(distro)
+    return rule.name if rule else None
 
 
 _LABEL_ARG = re.compile(r"(?P<key>(?:^|[:=])(?:CD)?LABEL=|^archisolabel=)(?P<label>[^:\s]+)")
@@ -445,12 +406,12 @@ def _fix_labels(args: list[str], volume_id: str) -> tuple[list[str], list[str]]:
     A respun image often keeps the original boot menu; its installer would then wait for a
     CD labelled like the original. Returns the new args and the labels that were replaced.
     """
-    label = volume_id.replace(" ", "\\x20")
+    label = udev_label(volume_id)
     replaced: list[str] = []
 
     def swap(m: re.Match[str]) -> str:
         old = m.group("label")
-        if old.replace("\\x20", " ") == volume_id or not volume_id:
+        if not volume_id or old == label or old.replace("\\x20", " ") == volume_id:
             return m.group(0)
         replaced.append(old)
         return m.group("key") + label
@@ -492,19 +453,12 @@ def _verified(checksums: dict[str, str], paths: list[str]) -> Verified:
 
 
 def _kernel_arch(loc: IsoLocation, kernel: str) -> str | None:
-    """Arch from the kernel image header (x86 boot protocol / arm64 / riscv Image)."""
+    """Arch from the kernel image's headers (:func:`treeboot.kernel.parse_kernel`)."""
     try:
-        head = loc.read_range(kernel, 0, 0x240)
-    except Exception:
+        head = loc.read_range(kernel, 0, _KERNEL_HEAD)
+        return parse_kernel(head, size=loc.size(kernel), name=kernel).arch
+    except TreebootError:
         return None
-    if len(head) >= 0x238 and head[0x202:0x206] == b"HdrS":
-        xloadflags = int.from_bytes(head[0x236:0x238], "little")
-        return "x86_64" if xloadflags & 1 else "i686"
-    if len(head) >= 0x40 and head[0x38:0x3C] == b"ARM\x64":
-        return "aarch64"
-    if len(head) >= 0x40 and head[0x38:0x3C] == b"RSC\x05":
-        return "riscv64"
-    return None
 
 
 def _rule_json(m: MediaMatch) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Format (productmd ``treeinfo`` 1.x; older trees only have ``[general]``)::
     [release]            name, short, version           (productmd)
     [tree]               arch, platforms, variants      (productmd)
     [images-<arch>]      kernel = images/pxeboot/vmlinuz, initrd = ..., boot.iso = ...
+    [stage2]             mainimage = images/install.img   (anaconda's runtime image)
     [checksums]          <path> = sha256:<hex>
 
 :func:`match_treeinfo` names the OS with osinfo-db's ``<tree><treeinfo>`` rules (libosinfo
@@ -47,6 +48,7 @@ class TreeInfo:
     platforms: tuple[str, ...]
     images: dict[str, dict[str, str]]  # section arch as written -> {"kernel": path, ...}
     checksums: dict[str, str] = field(default_factory=dict)  # path -> "sha256:<hex>"
+    stage2: str | None = None  # [stage2] mainimage, as written
 
 
 def _get(cp: configparser.RawConfigParser, section: str, key: str) -> str | None:
@@ -104,6 +106,7 @@ def parse_treeinfo(text: str, source: str = ".treeinfo") -> TreeInfo:
         platforms=tuple(p.strip() for p in platforms.split(",") if p.strip()),
         images=images,
         checksums=_checksums(cp),
+        stage2=_get(cp, "stage2", "mainimage"),
     )
 
 
