@@ -517,3 +517,27 @@ def test_cli_debian_tree_signed_by_a_stranger_fails_with_the_default_keyring(
     proc = cli("identify", tree_url(tree, server), cache=tmp_path / "cache")
     assert proc.returncode == SignatureError.exit_code, proc.stderr
     assert "not in the keyring" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_cli_install_dry_run_takes_the_keyring(
+    served: tuple[DebianTree, HostileServer], key: TestKey, tmp_path: Path
+) -> None:
+    """`install --keyring --require-signature` walks the same chain as fetch before planning."""
+    tree, server = served
+    url = tree_url(tree, server)
+    signed = cli("install", url, "--name", "sig", "--disk", "none", "--accel", "tcg",
+                 "--keyring", str(key.keyring), "--require-signature", "--dry-run", "--json",
+                 cache=tmp_path / "cache")  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    assert json.loads(signed.stdout)["identification"]["verified"] == "signed-chain"
+    (tmp_path / "other").mkdir()
+    other = make_key(tmp_path / "other", "someone else")
+    try:
+        refused = cli("install", url, "--name", "sig2", "--disk", "none", "--accel", "tcg",
+                      "--keyring", str(other.keyring), "--require-signature", "--dry-run",
+                      cache=tmp_path / "cache2")  # fmt: skip
+    finally:
+        other.close()
+    assert refused.returncode == SignatureError.exit_code, refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -69,6 +69,8 @@ def _register_install(sub: Any) -> None:
     add("--insecure", action="store_true", help="do not verify TLS certificates")
     add("--require-signature", action="store_true",
         help="refuse artifacts not covered by a verified signature")
+    add("--keyring", type=Path, metavar="FILE",
+        help="OpenPGP keyring for the signed chain (default: the distribution's archive keyring)")
     add("--dry-run", action="store_true",
         help="print the plan and the exact QEMU command; start nothing")
     add("--json", action="store_true", help="machine-readable output")
@@ -76,6 +78,7 @@ def _register_install(sub: Any) -> None:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from treeboot._cli_tree import warn_insecure
     from treeboot._installprep import split_extra_args
     from treeboot.backends.qemu import format_argv
     from treeboot.install import InstallRequest, describe, install
@@ -103,8 +106,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         initrd=args.initrd,
         insecure=args.insecure,
         require_signature=args.require_signature,
+        keyring=args.keyring.resolve() if args.keyring else None,
         force=args.force,
     )
+    warn_insecure(args)
     out = None if args.json else sys.stdout.buffer
     try:
         result = install(request, dry_run=args.dry_run, out=out)

@@ -66,6 +66,7 @@ def identify_and_fetch(
         initrd=None if local_initrd else request.initrd,
         insecure=request.insecure,
         require_signature=request.require_signature,
+        keyring=request.keyring,
     )
     kernel = local_kernel or result.kernel.path
     initrd = local_initrd or result.initrd.path
@@ -79,7 +80,9 @@ def _identify_or_minimal(request: InstallRequest) -> Identification:
 
     try:
         with open_location(request.location, insecure=request.insecure) as loc:
-            ident: Identification = identify_location(loc, arch=request.arch)
+            ident: Identification = identify_location(
+                loc, arch=request.arch, keyring=request.keyring
+            )
             return ident
     except DetectionError as e:
         from treeboot.output import notice

@@ -69,6 +69,7 @@ class InstallRequest:
     initrd: str | None = None
     insecure: bool = False
     require_signature: bool = False
+    keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
     force: bool = False
 
     def __post_init__(self) -> None:
