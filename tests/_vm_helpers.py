@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
+from _net_helpers import serve_http
 from treeboot.cpio import CpioEntry, build_newc
+from treeboot.devtree import build_debian_tree
 
 DI = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 DI_KERNEL = DI / "linux"
@@ -33,6 +35,7 @@ DI_ARM64_KERNEL = DI.parents[3] / "arm64/text/debian-installer/arm64/linux"
 BUSYBOX = Path("/bin/busybox")
 INSTALLER_MARKER = "TREEBOOT-TEST-INSTALLER-DONE"
 FIRSTBOOT_MARKER = "TREEBOOT-FIRSTBOOT-OK"
+TREE_PATH = "dists/bookworm/main/installer-amd64/"  # the installer tree in a built mirror
 
 # bootsect.S (as --32; ld -m elf_i386 -Ttext=0 --oformat binary), loaded at 0x7c00:
 #   cli; xor %ax,%ax; mov %ax,%ds; mov $(0x7c00+msg),%si; mov $0x3f8,%dx
@@ -174,3 +177,18 @@ def vm_reaper() -> Iterator[Reaper]:
     reaper = Reaper()
     yield reaper
     reap_pids(reaper.all_pids())
+
+
+@pytest.fixture(scope="module")
+def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Debian mirror built by :func:`treeboot.devtree.build_debian_tree` (once a module)."""
+    root = tmp_path_factory.mktemp("mirror")
+    build_debian_tree(root)
+    return root
+
+
+@pytest.fixture
+def tree_url(debian_tree: Path) -> Iterator[str]:
+    """The installer tree of :func:`debian_tree`, served over HTTP on 127.0.0.1."""
+    with serve_http(debian_tree) as srv:
+        yield srv.url + TREE_PATH

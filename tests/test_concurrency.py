@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from _hostile_helpers import hostile_server, random_tree, start_cli
 from _hostile_server import HostileServer
-from test_hostile import INITRD, KERNEL, assert_clean_cache, treeinfo, write_tree
+from test_hostile import INITRD, KERNEL, assert_clean_cache
 
 pytestmark = pytest.mark.network
 
@@ -24,27 +23,17 @@ KERNEL_SIZE = 6 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def tree_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("conc")
-    kernel, initrd = os.urandom(KERNEL_SIZE), os.urandom(256 * 1024)
-    write_tree(base, "tree", kernel, initrd, treeinfo(kernel, initrd))
-    return base
+    return random_tree(tmp_path_factory.mktemp("conc"), KERNEL_SIZE, 256 * 1024)
 
 
 @pytest.fixture
 def server(tree_root: Path) -> Iterator[HostileServer]:
-    srv = HostileServer(tree_root).start()
-    try:
+    with hostile_server(tree_root) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 def treeboot(*args: str, cache: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, TREEBOOT_CACHE=str(cache))
-    return subprocess.Popen(
-        [sys.executable, "-m", "treeboot", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    return start_cli(*args, cache=cache)
 
 
 def sha(path: Path) -> str:

@@ -8,34 +8,28 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import treeboot
 from _net_helpers import serve_http
-from _vm_helpers import DI_ARM64_KERNEL, DI_KERNEL, run_treeboot, state_dir
+from _vm_helpers import (
+    DI_ARM64_KERNEL,
+    DI_KERNEL,
+    TREE_PATH,
+    debian_tree,
+    run_treeboot,
+    state_dir,
+    tree_url,
+)
 from treeboot.cli import main
 from treeboot.devtree import build_debian_tree
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
-TREE_PATH = "dists/bookworm/main/installer-amd64/"
 
+__all__ = ["debian_tree", "tree_url"]  # the fixtures, imported for pytest
 needs_di = pytest.mark.skipif(not DI_KERNEL.is_file(), reason="needs debian-installer netboot")
-
-
-@pytest.fixture(scope="module")
-def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mirror")
-    build_debian_tree(root)
-    return root
-
-
-@pytest.fixture
-def tree_url(debian_tree: Path) -> Iterator[str]:
-    with serve_http(debian_tree) as srv:
-        yield srv.url + TREE_PATH
 
 
 def _normalize(argv: list[str], url: str) -> list[str]:

@@ -9,20 +9,20 @@ import pty
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _net_helpers import serve_http
 from _vm_helpers import (
     DI_ARM64_KERNEL,
     DI_KERNEL,
     FIRSTBOOT_MARKER,
     INSTALLER_MARKER,
+    TREE_PATH,
     Reaper,
     busybox_initrd,
+    debian_tree,
     firstboot_disk,
     needs_qemu,
     pid_gone,
@@ -30,6 +30,7 @@ from _vm_helpers import (
     start_treeboot,
     state_dir,
     status,
+    tree_url,
     treeboot_argv,
     vm_reaper,
     wait_for_console,
@@ -38,24 +39,10 @@ from _vm_helpers import (
 from treeboot.devtree import build_debian_tree
 
 pytestmark = [pytest.mark.qemu, needs_qemu]
-__all__ = ["vm_reaper"]  # the fixture, imported for pytest
+__all__ = ["debian_tree", "tree_url", "vm_reaper"]  # the fixtures, imported for pytest
 
-TREE_PATH = "dists/bookworm/main/installer-amd64/"
 PROMPT = "Select a language"
 TCG = ("--accel", "tcg")
-
-
-@pytest.fixture(scope="module")
-def debian_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mirror")
-    build_debian_tree(root)
-    return root
-
-
-@pytest.fixture
-def tree_url(debian_tree: Path) -> Iterator[str]:
-    with serve_http(debian_tree) as srv:
-        yield srv.url + TREE_PATH
 
 
 def _install_json(proc_stdout: str) -> dict[str, Any]:

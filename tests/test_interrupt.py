@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from _hostile_helpers import hostile_server, random_tree, start_cli
 from _hostile_server import HostileServer
 from _signature_helpers import make_debian_tree
-from test_hostile import KERNEL, assert_clean_cache, treeinfo, write_tree
+from test_hostile import KERNEL, assert_clean_cache
 
 pytestmark = pytest.mark.network
 
@@ -27,27 +28,17 @@ KERNEL_SIZE = 8 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("big")
-    kernel, initrd = os.urandom(KERNEL_SIZE), os.urandom(64 * 1024)
-    write_tree(base, "tree", kernel, initrd, treeinfo(kernel, initrd))
-    return base
+    return random_tree(tmp_path_factory.mktemp("big"), KERNEL_SIZE, 64 * 1024)
 
 
 @pytest.fixture
 def server(big_tree: Path) -> Iterator[HostileServer]:
-    srv = HostileServer(big_tree).start()
-    try:
+    with hostile_server(big_tree) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 def start_fetch(url: str, cache: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, TREEBOOT_CACHE=str(cache))
-    return subprocess.Popen(
-        [sys.executable, "-m", "treeboot", "fetch", url, "--json", "--timeout", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    return start_cli("fetch", url, "--json", "--timeout", "10", cache=cache)
 
 
 def wait_for(predicate: object, proc: subprocess.Popen[str], what: str) -> None:

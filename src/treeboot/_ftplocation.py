@@ -23,8 +23,9 @@ from treeboot.locations import (
     RemoteStat,
     StallGuard,
     TreeLocation,
+    begin_download,
     redact,
-    start_writing,
+    resume_offset,
     too_big,
     tree_url,
 )
@@ -216,10 +217,8 @@ class FtpLocation(TreeLocation):
         st = self._stat(rel)
         if st is None:
             raise LocationError(f"{self.where(rel)} does not exist")
-        start = offset if offset and if_range == st.validator else 0
-        start_writing(fileobj, start)
-        if on_start:
-            on_start(st, start)
+        start = resume_offset(offset, if_range, st)
+        begin_download(fileobj, st, start, on_start)
 
         def consume(chunk: bytes) -> None:
             fileobj.write(chunk)

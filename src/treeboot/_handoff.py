@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import functools
 import struct
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from treeboot._rules import load_rule_table
 from treeboot.arch import Architecture
 from treeboot.errors import MetadataError, TreebootError, UsageError
 from treeboot.kernel import ACPI_DATA_SIZE, ImageFormat, KernelImage, below_4g_mem_size
@@ -134,11 +133,7 @@ def parse_handoff_rules(data: Mapping[str, Any]) -> HandoffRules:
 @functools.cache
 def load_handoff_rules() -> HandoffRules:
     """The packaged ``rules/handoff.toml`` (parsed once)."""
-    text = resources.files("treeboot").joinpath("rules/handoff.toml").read_text("utf-8")
-    try:
-        return parse_handoff_rules(tomllib.loads(text))
-    except tomllib.TOMLDecodeError as e:
-        raise MetadataError(f"rules/handoff.toml is not valid TOML: {e}") from e
+    return parse_handoff_rules(load_rule_table("handoff.toml"))
 
 
 # -- placement ------------------------------------------------------------------------------

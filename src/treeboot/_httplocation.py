@@ -27,10 +27,11 @@ from treeboot.locations import (
     Revalidation,
     StallGuard,
     TreeLocation,
+    begin_download,
     redact,
-    start_writing,
     too_big,
     tree_url,
+    write_chunks,
 )
 
 MAX_REDIRECTS = 10
@@ -210,9 +211,7 @@ class HttpLocation(TreeLocation):
                 raise LocationError(f"{self.where(rel)}: the server sent the wrong byte range")
             out = bytearray()
             guard = StallGuard(self.where(rel), self.timeout)
-            for chunk in resp.iter_raw():
-                self._count(len(chunk))
-                guard(len(chunk))
+            for chunk in self._chunks(resp, guard):
                 out += chunk
                 if len(out) > length:  # more than asked: stop (costs the connection)
                     break
@@ -245,23 +244,20 @@ class HttpLocation(TreeLocation):
                 )
             else:
                 raise self._status_error(resp)
-            start_writing(fileobj, start)
-            if on_start:
-                on_start(_remote_stat(resp, size), start)
+            begin_download(fileobj, _remote_stat(resp, size), start, on_start)
             return self._stream(resp, fileobj, progress, StallGuard(self.where(rel), self.timeout))
 
     def _stream(
         self, resp: httpx.Response, fileobj: BinaryIO, progress: Progress | None, guard: StallGuard
     ) -> int:
-        done = 0
+        return write_chunks(self._chunks(resp, guard), fileobj, progress)
+
+    def _chunks(self, resp: httpx.Response, guard: StallGuard) -> Iterator[bytes]:
+        """The raw body, counted and checked against ``guard`` chunk by chunk."""
         for chunk in resp.iter_raw():
             self._count(len(chunk))
             guard(len(chunk))
-            fileobj.write(chunk)
-            done += len(chunk)
-            if progress:
-                progress(len(chunk))
-        return done
+            yield chunk
 
 
 def _finish(resp: httpx.Response) -> None:

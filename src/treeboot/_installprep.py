@@ -40,7 +40,7 @@ DEFAULT_DISK_GIB = 20.0
 # -- identify and fetch -------------------------------------------------------------------
 
 
-def _local_file(spec: str | None) -> Path | None:
+def local_file(spec: str | None) -> Path | None:
     """``--kernel``/``--initrd`` name a local file when absolute, ``./``- or ``~``-relative."""
     if spec is None or not spec.startswith(("/", "./", "../", "~")):
         return None
@@ -56,7 +56,7 @@ def identify_and_fetch(
     """Identify the location and fetch (or take from the cache) its kernel and initrd."""
     from treeboot.fetch import fetch
 
-    local_kernel, local_initrd = _local_file(request.kernel), _local_file(request.initrd)
+    local_kernel, local_initrd = local_file(request.kernel), local_file(request.initrd)
     if local_kernel and local_initrd:
         return _identify_or_minimal(request), None, local_kernel, local_initrd
     result = fetch(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from treeboot.errors import MetadataError
 from treeboot.osinfo import version_key
 
 KernelPair = tuple[str, str]
@@ -151,9 +152,13 @@ def _patterns(raw: list[dict[str, Any]]) -> tuple[PatternRule, ...]:
     return rules
 
 
-def _load(name: str) -> dict[str, Any]:
+def load_rule_table(name: str) -> dict[str, Any]:
+    """The packaged ``rules/<name>``, parsed; MetadataError if it is not valid TOML."""
     text = resources.files("treeboot").joinpath(f"rules/{name}").read_text("utf-8")
-    return tomllib.loads(text)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MetadataError(f"rules/{name} is not valid TOML: {e}") from e
 
 
 def _installers(raw: Mapping[str, Any]) -> dict[str, InstallerRule]:
@@ -165,8 +170,8 @@ def _installers(raw: Mapping[str, Any]) -> dict[str, InstallerRule]:
 
 @functools.cache
 def load_rules() -> Rules:
-    d = _load("distros.toml")
-    t = _load("tree_layouts.toml")
+    d = load_rule_table("distros.toml")
+    t = load_rule_table("tree_layouts.toml")
     hints = tuple(InstallerHint(**h) for h in d["installer_hints"])
     for h in hints:
         re.compile(h.kernel)

@@ -51,6 +51,15 @@ def source_key(location: str, path: str) -> str:
     return hashlib.sha256(f"{location}\n{path}".encode()).hexdigest()[:40]
 
 
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's contents, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     """What a source URL held when it was last fetched."""

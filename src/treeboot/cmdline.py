@@ -18,13 +18,12 @@ from __future__ import annotations
 import functools
 import logging
 import string
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from treeboot._rules import load_rule_table
 from treeboot.errors import BootError, MetadataError, UsageError
 from treeboot.model import Identification, Media
 
@@ -167,12 +166,7 @@ def parse_rules(data: Mapping[str, Any]) -> CmdlineRules:
 @functools.cache
 def load_rules() -> CmdlineRules:
     """The packaged ``rules/installers.toml`` (parsed once)."""
-    text = resources.files("treeboot").joinpath("rules/installers.toml").read_text("utf-8")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise MetadataError(f"rules/installers.toml is not valid TOML: {e}") from e
-    return parse_rules(data)
+    return parse_rules(load_rule_table("installers.toml"))
 
 
 # -- small helpers --------------------------------------------------------------------------

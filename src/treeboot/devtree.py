@@ -27,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from treeboot.cache import file_sha256
 from treeboot.errors import MissingToolError
 
 DI_IMAGES = Path("/usr/lib/debian-installer/images/12")
@@ -82,16 +83,8 @@ def sha256sums(top: Path) -> str:
         rel = path.relative_to(top).as_posix()
         if path.is_symlink() or not path.is_file() or rel == "SHA256SUMS":
             continue
-        lines.append(f"{_sha256(path)}  ./{rel}\n")
+        lines.append(f"{file_sha256(path)}  ./{rel}\n")
     return "".join(sorted(lines, key=lambda line: line.split("  ", 1)[1]))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fake_kernel(size: int, seed: str) -> bytes:

@@ -23,7 +23,6 @@ assumptions.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shlex
 import string
 import tempfile
@@ -34,7 +33,9 @@ from typing import Any
 
 from treeboot import _handoff
 from treeboot._handoff import BootInputs, FwCfgItem, Handoff, Placement, Region
+from treeboot._installprep import local_file
 from treeboot.arch import Architecture
+from treeboot.cache import file_sha256
 from treeboot.errors import KernelImageError, UsageError
 from treeboot.kernel import KernelImage
 from treeboot.model import FetchResult, Identification, Verified
@@ -179,24 +180,6 @@ class _Gathered:
     network: str
 
 
-def _local(spec: str | None) -> Path | None:
-    """As ``treeboot install``: a local file when absolute, ``./``- or ``~``-relative."""
-    if spec is None or not spec.startswith(("/", "./", "../", "~")):
-        return None
-    path = Path(spec).expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"{spec}: no such file", hint="give an existing kernel/initrd file")
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _join(location: str, rel: str) -> str:
     if location.lower().endswith(".iso"):
         return f"{location}!/{rel}"
@@ -205,7 +188,7 @@ def _join(location: str, rel: str) -> str:
 
 def _local_artifact(role: str, path: Path) -> Artifact:
     how = "a local file you gave: nothing to verify against"
-    size, digest = path.stat().st_size, _sha256(path)
+    size, digest = path.stat().st_size, file_sha256(path)
     return Artifact(role, str(path), None, str(path), size, digest, None, "none", how)
 
 
@@ -257,7 +240,7 @@ def _unfetched_artifacts(req: ExplainRequest, location: str) -> list[Artifact]:
 
 
 def _gather(req: ExplainRequest) -> _Gathered:
-    kernel, initrd = _local(req.kernel), _local(req.initrd)
+    kernel, initrd = local_file(req.kernel), local_file(req.initrd)
     if kernel and initrd:
         # A bare pair has no tree to serve: the guest gets no network unless a location is given.
         location = req.location or str(kernel.parent)
@@ -399,7 +382,7 @@ def _fill(text: str, values: Mapping[str, Any]) -> str:
 
 def _with_kernel_arch(req: ExplainRequest) -> ExplainRequest:
     """A bare kernel/initrd pair boots on the kernel's own arch unless --arch says otherwise."""
-    kernel = _local(req.kernel)
+    kernel = local_file(req.kernel)
     if req.arch or req.location or kernel is None:
         return req
     image = _read_image(kernel, None)

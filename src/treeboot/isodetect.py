@@ -20,14 +20,12 @@ from __future__ import annotations
 import functools
 import platform
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from treeboot import _isometa as meta
-from treeboot._rules import load_rules
+from treeboot._rules import load_rule_table, load_rules
 from treeboot.bootcfg import BootConfig, read_boot_config
 from treeboot.cmdline import udev_label
 from treeboot.errors import DetectionError, MetadataError, TreebootError
@@ -61,8 +59,7 @@ class LayoutRule:
 @functools.cache
 def load_layouts() -> tuple[LayoutRule, ...]:
     """``rules/iso_layouts.toml`` as frozen dataclasses, in the order they are tried."""
-    text = resources.files("treeboot").joinpath("rules/iso_layouts.toml").read_text("utf-8")
-    return tuple(_layout(body) for body in tomllib.loads(text).get("layouts", []))
+    return tuple(_layout(body) for body in load_rule_table("iso_layouts.toml").get("layouts", []))
 
 
 def _layout(body: dict[str, Any]) -> LayoutRule:

@@ -33,6 +33,7 @@ from treeboot.locations import (
     Progress,
     RemoteStat,
     redact,
+    resume_offset,
     safe_relpath,
     start_writing,
     too_big,
@@ -374,7 +375,7 @@ class IsoLocation:
         e = self._file(path)
         st = self.stat(path)
         assert st is not None
-        start = offset if offset and if_range and if_range == st.validator else 0
+        start = resume_offset(offset, if_range, st)
         if fileobj.seekable():
             start_writing(fileobj, start)
         if on_start:

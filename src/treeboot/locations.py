@@ -31,6 +31,7 @@ Errors: transport failures raise :class:`LocationError`; oversized or hostile pa
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import posixpath
 import threading
@@ -373,6 +374,31 @@ def start_writing(fileobj: BinaryIO, start: int) -> None:
     fileobj.truncate()
 
 
+def resume_offset(offset: int, if_range: str | None, st: RemoteStat) -> int:
+    """Where a download starts: ``offset`` while ``if_range`` still names ``st``, else 0."""
+    return offset if offset and if_range and if_range == st.validator else 0
+
+
+def begin_download(
+    fileobj: BinaryIO, st: RemoteStat, start: int, on_start: OnStart | None
+) -> None:
+    """Prepare ``fileobj`` for bytes from ``start`` on, then tell ``on_start``."""
+    start_writing(fileobj, start)
+    if on_start:
+        on_start(st, start)
+
+
+def write_chunks(chunks: Iterable[bytes], fileobj: BinaryIO, progress: Progress | None) -> int:
+    """Write every chunk to ``fileobj``, calling ``progress(n)`` per chunk; the bytes written."""
+    done = 0
+    for chunk in chunks:
+        fileobj.write(chunk)
+        done += len(chunk)
+        if progress:
+            progress(len(chunk))
+    return done
+
+
 class DirLocation(TreeLocation):
     """A local directory (given as a path or ``file://`` URL)."""
 
@@ -452,18 +478,11 @@ class DirLocation(TreeLocation):
         if st is None or f is None:
             raise LocationError(f"{self.where(rel)} does not exist")
         with f:
-            start = offset if offset and if_range == st.validator else 0
-            start_writing(fileobj, start)
-            if on_start:
-                on_start(st, start)
+            start = resume_offset(offset, if_range, st)
+            begin_download(fileobj, st, start, on_start)
             f.seek(start)
-            done = 0
-            while chunk := self._pread(f, rel, CHUNK):
-                fileobj.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(len(chunk))
-        return done
+            chunks = iter(functools.partial(self._pread, f, rel, CHUNK), b"")
+            return write_chunks(chunks, fileobj, progress)
 
 
 def _local_target(spec: str) -> Path | None:
