@@ -10,7 +10,7 @@ Per tree and latency (median of --runs runs; wall time, and the CPU time of the 
 
   treeboot cold   `python -m treeboot fetch URL --json -q` with an empty cache: identify + fetch
   treeboot warm   the same command again: must transfer zero image bytes; the identification
-                  is revalidated (treeboot.identcache: one concurrent round of conditional GETs
+                  is revalidated (identify/identcache.py: one concurrent round of conditional GETs
                   of the files it came from) -- "warm reqs" counts those requests
   treeboot xfer   in-process fetch() of an already identified tree, empty cache: transfer only
                   (hashing and fsync included; curl does neither)
@@ -40,10 +40,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from treeboot.cache import Cache
-from treeboot.detect import identify
+from treeboot.detect.identify import identify
 from treeboot.devtree import build_debian_tree, build_treeinfo_tree
-from treeboot.fetch import fetch
+from treeboot.download.fetch import fetch
+from treeboot.store.cache import Cache
 
 SHAPED = Path(__file__).resolve().parents[2] / "shared" / "tools" / "shaped_http.py"
 VIRT_INSTALL = [

@@ -181,14 +181,14 @@ def _iso_seeds_cached() -> list[bytes]:
 
 @cache
 def _osinfo_db() -> Any:
-    from treeboot.osinfo import load_osinfo  # type: ignore[attr-defined,unused-ignore]
+    from treeboot.detect.osinfo import load_osinfo  # type: ignore[attr-defined,unused-ignore]
 
     return load_osinfo()
 
 
 def _treeinfo_and_images(mod: Any, data: bytes) -> object:
     """Parse, then pick the images as detection does (path checks included)."""
-    from treeboot._rules import load_rules
+    from treeboot.detect.rules import load_rules
 
     ti = mod.parse_treeinfo(data.decode("utf-8", errors="replace"))
     for arch in (None, "x86_64", "aarch64"):
@@ -203,7 +203,7 @@ def call_iso(mod: Any, data: bytes) -> object:
         f.flush()
         loc = mod.open_iso(f.name)
         try:
-            from treeboot.isodetect import identify_iso
+            from treeboot.detect.iso import identify_iso
 
             return identify_iso(loc, db=_osinfo_db())
         finally:
@@ -224,51 +224,51 @@ TARGETS: list[Target] = [
     # ISO media: .treeinfo, .disk/info, SUSE content and SHA256SUMS are read by the parsers of
     # the treeinfo/metadata targets; the md5 lists (Ubuntu's md5sum.txt) by isometa's own
     Target(
-        "isometa-checksum-list", "treeboot._isometa",
+        "isometa-checksum-list", "treeboot.detect._isometa",
         lambda: inputs([b"0" * 32 + b"  ./linux\n"], manifest_document()),
         lambda m, d: m.parse_checksum_list(text(d), "md5"),
     ),
     # productmd .treeinfo (tree detection and ISO identification)
     Target(
-        "treeinfo", "treeboot.treeinfo",
+        "treeinfo", "treeboot.detect.treeinfo",
         lambda: inputs(corpus("*/*/.treeinfo", "*/.treeinfo"),
                        ini_document(TREEINFO_SECTIONS, TREEINFO_KEYS)),
         lambda m, d: _treeinfo_and_images(m, d),
     ),
     Target(
-        "metadata-manifest", "treeboot.metadata",
+        "metadata-manifest", "treeboot.detect.metadata",
         lambda: inputs(corpus("*/*/*/*/*/*/MANIFEST", "*/*/*/MANIFEST"), manifest_document()),
         lambda m, d: m.parse_manifest(m.decode(d)),
     ),
     Target(
-        "metadata-sha256sums", "treeboot.metadata",
+        "metadata-sha256sums", "treeboot.detect.metadata",
         lambda: inputs([b"a" * 64 + b"  ./netboot/linux\n"], manifest_document()),
         lambda m, d: m.parse_sha256sums(m.decode(d)),
     ),
     Target(
-        "metadata-suse-content", "treeboot.metadata",
+        "metadata-suse-content", "treeboot.detect.metadata",
         lambda: inputs(corpus("*/*/content", "*/content"), keyvalue_document(CONTENT_KEYS)),
         lambda m, d: m.parse_suse_content(m.decode(d)),
     ),
     Target(
-        "metadata-suse-products", "treeboot.metadata",
+        "metadata-suse-products", "treeboot.detect.metadata",
         lambda: inputs(corpus("*/*/content"), keyvalue_document(CONTENT_KEYS)),
         lambda m, d: m.parse_suse_products(m.decode(d)),
     ),
     Target(
-        "metadata-disk-info", "treeboot.metadata",
+        "metadata-disk-info", "treeboot.detect.metadata",
         lambda: inputs(corpus("*/*/.disk/info"), disk_info_document()),
         lambda m, d: m.parse_disk_info(m.decode(d)),
     ),
     Target(
-        "metadata-version", "treeboot.metadata",
+        "metadata-version", "treeboot.detect.metadata",
         lambda: inputs(corpus("*/*/VERSION", "*/VERSION"), keyvalue_document(["VERSION", "="])),
         lambda m, d: (m.parse_version_info(m.decode(d)), m.parse_mageia_version(m.decode(d)),
                       m.parse_one_version(m.decode(d))),
     ),
     # signature chain files
     Target(
-        "release", "treeboot.signature",
+        "release", "treeboot.trust.signature",
         lambda: inputs(
             [b"Origin: Debian\nCodename: bookworm\nSHA256:\n " + b"a" * 64 + b" 12 main/x\n"],
             keyvalue_document(["Origin:", "Suite:", "SHA256:", " ", "  " + "a" * 64 + " 1"]),
@@ -276,13 +276,13 @@ TARGETS: list[Target] = [
         lambda m, d: m.parse_release(d),
     ),
     Target(
-        "sha256sums", "treeboot.signature",
+        "sha256sums", "treeboot.trust.signature",
         lambda: inputs([b"a" * 64 + b"  ./netboot/linux\n"], manifest_document()),
         lambda m, d: m.parse_sha256sums(d),
     ),
     # boot loader configs of media
     Target(
-        "syslinux-cfg", "treeboot.bootcfg",
+        "syslinux-cfg", "treeboot.detect.bootcfg",
         lambda: inputs(
             [b"default vesamenu.c32\nlabel linux\n  kernel vmlinuz\n  append initrd=initrd.img\n"],
             keyvalue_document(["label", "kernel", "linux", "append", "include", "menu", "default",
@@ -291,7 +291,7 @@ TARGETS: list[Target] = [
         lambda m, d: m.parse_syslinux(text(d), "isolinux/isolinux.cfg", _Includes(d)),
     ),
     Target(
-        "grub-cfg", "treeboot.bootcfg",
+        "grub-cfg", "treeboot.detect.bootcfg",
         lambda: inputs(
             [b"menuentry 'Install' {\n  linux /images/pxeboot/vmlinuz quiet\n"
              b"  initrd /images/pxeboot/initrd.img\n}\n"],
@@ -301,13 +301,13 @@ TARGETS: list[Target] = [
         lambda m, d: m.parse_grub(text(d), "boot/grub/grub.cfg", _Includes(d)),
     ),
     Target(
-        "bls-entry", "treeboot.bootcfg",
+        "bls-entry", "treeboot.detect.bootcfg",
         lambda: inputs([b"title x\nlinux /vmlinuz\ninitrd /initrd\noptions a=b\n"],
                        keyvalue_document(["title", "linux", "initrd", "options", "version"])),
         lambda m, d: m.parse_bls(text(d), "loader/entries/x.conf"),
     ),
     # ISO9660 structures (pycdlib behind treeboot's IsoLocation) and media identification
-    Target("iso9660", "treeboot.isolocation", iso_image, call_iso, examples=40),
+    Target("iso9660", "treeboot.locate.iso", iso_image, call_iso, examples=40),
 ]  # fmt: skip
 
 

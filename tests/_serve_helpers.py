@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from treeboot.cpio import CpioEntry, build_newc
+from treeboot.artifacts.cpio import CpioEntry, build_newc
 
 DI_DIR = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 DI_KERNEL = DI_DIR / "linux"

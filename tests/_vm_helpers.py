@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from _net_helpers import serve_http
-from treeboot.cpio import CpioEntry, build_newc
+from treeboot.artifacts.cpio import CpioEntry, build_newc
 from treeboot.devtree import build_debian_tree
 
 DI = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")

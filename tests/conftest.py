@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# Tests live in tests/<stage>/; their helpers (tests/_*.py) are imported as top-level modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _paths import SHARED
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,5 +1,5 @@
 import sys
 
-from treeboot.cli import main
+from treeboot.cli.main import main
 
 sys.exit(main())

@@ -27,8 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from treeboot.cache import file_sha256
 from treeboot.errors import MissingToolError
+from treeboot.store.cache import file_sha256
 
 DI_IMAGES = Path("/usr/lib/debian-installer/images/12")
 DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}

@@ -1,6 +1,6 @@
 """One error hierarchy. Every error says what was tried and, in ``hint``, what to do.
 
-Only :mod:`treeboot.cli` turns these into messages and exit codes.
+Only :mod:`treeboot.cli.main` turns these into messages and exit codes.
 """
 
 from __future__ import annotations

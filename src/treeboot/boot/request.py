@@ -1,0 +1,69 @@
+"""What an install was asked for: the options of ``treeboot install``, checked on creation.
+
+It sits below both the orchestrator (:mod:`~treeboot.boot.install`) and its steps
+(:mod:`~treeboot.boot.steps`), which read it and never import each other's upward.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from treeboot.boot.plan import ConsoleMode
+from treeboot.boot.vm import check_name
+from treeboot.errors import UsageError
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """What ``treeboot install`` was asked for; option names follow virt-install."""
+
+    location: str
+    name: str
+    memory_mib: int | None = None
+    vcpus: int | None = None
+    disk: str | None = None  # --disk spec: "size=GiB", "path=FILE[,size=GiB]", "none"
+    arch: str | None = None
+    accel: str = "auto"
+    extra_args: Sequence[str] = ()
+    network: str = "user"
+    console: str = "log"
+    console_log: Path | None = None
+    wait: float | None = None
+    wait_for: str | None = None
+    no_reboot: bool = False
+    initrd_inject: Sequence[Path] = ()
+    unattended: str | None = None  # --unattended key=value,...
+    unattended_file: Path | None = None
+    trace_boot: bool = False
+    kernel: str | None = None
+    initrd: str | None = None
+    insecure: bool = False
+    require_signature: bool = False
+    keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.network not in ("user", "none"):
+            raise UsageError(
+                f"--network {self.network}: unsupported",
+                hint="use --network user (restricted user-mode networking) or --network none",
+            )
+        try:
+            ConsoleMode(self.console)
+        except ValueError as e:
+            raise UsageError(f"--console {self.console}: use log, attach or none") from e
+        if self.wait is not None and self.wait < 0:
+            raise UsageError("--wait must be 0 or more seconds (omit it to wait until the end)")
+        if self.memory_mib is not None and self.memory_mib < 64:
+            raise UsageError(f"--memory {self.memory_mib}: give MiB, at least 64")
+        if self.vcpus is not None and self.vcpus < 1:
+            raise UsageError(f"--vcpus {self.vcpus}: give at least 1")
+        if self.wait_for is not None:
+            try:
+                re.compile(self.wait_for)
+            except re.error as e:
+                raise UsageError(f"--wait-for {self.wait_for!r}: {e}") from e

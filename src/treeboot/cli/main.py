@@ -1,0 +1,88 @@
+"""Command line. The only place that prints errors and exits.
+
+Subcommands live in ``_cli_*.py`` modules; each has ``register(subparsers)`` which adds its
+parsers and sets ``func`` to a callable ``(argparse.Namespace) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from treeboot._version import __version__
+from treeboot.cli.output import install_notice_handler
+from treeboot.errors import TreebootError, UsageError
+
+# Order is the order in `treeboot --help`.
+COMMAND_MODULES = [
+    "treeboot.cli.tree",  # identify, fetch, cache
+    "treeboot.cli.vm",  # install, list, console, stop
+    "treeboot.cli.inspect",  # inspect, explain
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits 2 itself; we keep that code but print our own way.
+        self.print_usage(sys.stderr)
+        print(f"treeboot: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="treeboot",
+        description="Network-install an OS from an install tree or ISO.",
+    )
+    parser.add_argument("--version", action="version", version=f"treeboot {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="treeboot: %(name)s: %(message)s",
+    )
+    install_notice_handler()
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        rc: int = args.func(args)
+        return rc
+    except KeyboardInterrupt:
+        print("treeboot: interrupted", file=sys.stderr)
+        return 130
+    except TreebootError as e:
+        if args.debug:
+            raise
+        print(f"treeboot: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"treeboot: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except Exception:
+        if args.debug:
+            raise
+        import traceback
+
+        print("treeboot: internal error (this is a bug; rerun with --debug):", file=sys.stderr)
+        print(traceback.format_exc().strip().splitlines()[-1], file=sys.stderr)
+        return 70
+
+
+def usage_error(message: str, hint: str | None = None) -> UsageError:
+    return UsageError(message, hint=hint)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""``treeboot install``, ``list``, ``console`` and ``stop``. Option names follow virt-install."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from treeboot.cli.output import emit_json, notice
+
+
+def register(sub: Any) -> None:
+    _register_install(sub)
+    p = sub.add_parser("list", help="list VMs and their state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("console", help="show (and follow) a VM's serial console log")
+    p.add_argument("name")
+    p.add_argument("--no-follow", action="store_true", help="print the log and return")
+    p.set_defaults(func=cmd_console)
+    p = sub.add_parser("stop", help="stop a running VM (its disk and logs are kept)")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stop)
+
+
+def _register_install(sub: Any) -> None:
+    p = sub.add_parser(
+        "install",
+        help="install an OS from a tree or ISO into a QEMU VM",
+        description="Identify LOCATION, fetch its kernel and initrd, boot the installer on QEMU"
+        " and watch it until it ends; then boot the installed disk.",
+    )
+    p.add_argument("location", help="install tree URL (http/https/ftp), directory or ISO")
+    p.add_argument("--name", "-n", required=True, help="VM name (its state directory)")
+    p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: osinfo-db's)")
+    p.add_argument("--vcpus", type=int, metavar="N", help="virtual CPUs (default: 2)")
+    p.add_argument("--disk", metavar="SPEC", help="size=GiB | path=FILE[,size=GiB] | none")
+    p.add_argument("--force", action="store_true", help="replace an existing disk image")
+    p.add_argument("--arch", help="guest architecture (default: the tree's)")
+    p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    add = p.add_argument
+    add("--extra-args", action="append", default=[], metavar="ARGS",
+        help="more kernel arguments (repeatable)")
+    add("--network", default="user", metavar="user|none",
+        help="user: restricted user-mode network that reaches only the tree")
+    add("--console", choices=["log", "attach", "none"], default="log",
+        help="attach: also show the serial console live here")
+    add("--console-log", type=Path, metavar="FILE",
+        help="serial log (default: in the VM's state directory)")
+    add("--wait", type=float, metavar="SECONDS",
+        help="time limit (default: until the install ends); 0: run in the background")
+    add("--wait-for", metavar="REGEX",
+        help="stop the VM and succeed when REGEX appears on the serial console")
+    add("--no-reboot", action="store_true",
+        help="stop after the installer ends (do not boot the installed disk)")
+    add("--initrd-inject", action="append", default=[], type=Path, metavar="FILE",
+        help="add FILE to the initrd's root (repeatable)")
+    add("--unattended", nargs="?", const="", metavar="KEY=VALUE,...",
+        help="generate an unattended install: profile=minimal|desktop,admin-user=,"
+        "user-password-file=,admin-password-file=,ssh-key=,timezone=,locale=,hostname=")
+    add("--unattended-file", type=Path, metavar="FILE",
+        help="your own kickstart/preseed/autoyast/autoinstall file")
+    add("--kernel", help="kernel: path in the tree, or a local ./file or /file")
+    add("--initrd", help="initrd: path in the tree, or a local ./file or /file")
+    add("--trace-boot", action="store_true",
+        help="trace fw_cfg and compare what QEMU loaded to the prediction")
+    add("--insecure", action="store_true", help="do not verify TLS certificates")
+    add("--require-signature", action="store_true",
+        help="refuse artifacts not covered by a verified signature")
+    add("--keyring", type=Path, metavar="FILE",
+        help="OpenPGP keyring for the signed chain (default: the distribution's archive keyring)")
+    add("--dry-run", action="store_true",
+        help="print the plan and the exact QEMU command; start nothing")
+    add("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_install)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from treeboot.boot.backends.qemu import format_argv
+    from treeboot.boot.install import describe, install
+    from treeboot.boot.request import InstallRequest
+    from treeboot.boot.steps import split_extra_args
+    from treeboot.cli.tree import warn_insecure
+
+    request = InstallRequest(
+        location=args.location,
+        name=args.name,
+        memory_mib=args.memory,
+        vcpus=args.vcpus,
+        disk=args.disk,
+        arch=args.arch,
+        accel=args.accel,
+        extra_args=split_extra_args(args.extra_args),
+        network=args.network,
+        console=args.console,
+        console_log=args.console_log.resolve() if args.console_log else None,
+        wait=args.wait,
+        wait_for=args.wait_for,
+        no_reboot=args.no_reboot,
+        initrd_inject=args.initrd_inject,
+        unattended=args.unattended,
+        unattended_file=args.unattended_file,
+        trace_boot=args.trace_boot,
+        kernel=args.kernel,
+        initrd=args.initrd,
+        insecure=args.insecure,
+        require_signature=args.require_signature,
+        keyring=args.keyring.resolve() if args.keyring else None,
+        force=args.force,
+    )
+    warn_insecure(args)
+    out = None if args.json else sys.stdout.buffer
+    try:
+        result = install(request, dry_run=args.dry_run, out=out)
+    finally:
+        if args.console == "attach" and out is not None and sys.stdout.isatty():
+            out.write(b"\x1b[0m\x1b(B\r\n")  # the guest may leave colours or line drawing on
+            out.flush()
+    if args.json:
+        emit_json(result.to_json())
+    elif args.dry_run:
+        print(describe(result))
+        print("QEMU command:")
+        print(format_argv(result.argv))
+    else:
+        _report(result)
+    if result.trace_report and not args.json:
+        print(result.trace_report)
+    return result.exit_code
+
+
+def _report(result: Any) -> None:
+    run = result.run
+    name = result.plan.name
+    for phase in run.phases:
+        notice(f"{phase.phase}: {phase.outcome} ({phase.detail})")
+    if str(run.outcome) == "running-in-background":
+        notice(f"VM {name} runs in the background; see `treeboot console {name}`")
+        notice(f"stop it with `treeboot stop {name}`")
+    notice(f"serial console log: {result.plan.paths.console_log}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from treeboot.boot.vm import list_vms
+
+    vms = list_vms()
+    if args.json:
+        emit_json([vm.to_json() for vm in vms])
+        return 0
+    if not vms:
+        notice("no VMs")
+        return 0
+    print(f"{'NAME':<20} {'STATE':<8} {'PHASE':<10} {'OUTCOME':<22} OS")
+    for vm in vms:
+        outcome = vm.outcome or ""
+        print(f"{vm.name:<20} {vm.state:<8} {vm.phase or '':<10} {outcome:<22} {vm.os or ''}")
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from treeboot.boot.vm import follow_console
+
+    try:
+        for _ in follow_console(args.name, sys.stdout.buffer, follow=not args.no_follow):
+            pass
+    except KeyboardInterrupt:
+        return 0  # leaving the console does not stop the VM
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from treeboot.boot.vm import stop_vm, vm_status
+
+    before = vm_status(args.name)
+    after = stop_vm(args.name)
+    if args.json:
+        emit_json({"name": args.name, "was": before.state, "state": after.state})
+    elif before.state == "running":
+        notice(f"stopped {args.name}")
+    else:
+        notice(f"{args.name} was not running")
+    return 0 if after.state == "stopped" else 1

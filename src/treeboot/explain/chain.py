@@ -1,0 +1,571 @@
+"""``treeboot explain``: the boot chain of a location (or a kernel/initrd pair), step by step.
+
+    ex = explain(ExplainRequest("http://127.0.0.1:8000/dists/bookworm/main/installer-amd64/"))
+    print(format_explanation(ex)); emit_json(ex.to_json()); Path("boot.svg").write_text(
+        render_svg(ex))
+
+For the chosen arch, machine, firmware (``boot``) and memory size it shows: what is fetched
+from where (URL, relative path, size, sha256, verification level); the kernel's header facts;
+the kernel command line; the exact QEMU argv; the fw_cfg items QEMU publishes; where each
+piece lands in guest memory and who puts it there; and the hand-off sequence from treeboot
+to the installer.
+
+The argv and the command line come from :func:`treeboot.boot.install.install` in dry-run mode,
+so they are what ``treeboot install`` runs; addresses come from ``rules/handoff.toml``
+through :mod:`treeboot.explain.handoff`. Without fetching (``fetch=False``) the kernel header is not
+read: facts that depend on it are ``None`` and the assumptions made are listed.
+
+JSON keys (stable): backend, arch, machine, boot, memory_mib, location, identification,
+artifacts, kernel, cmdline, qemu, handoff, fw_cfg, memory_map, sequence, notes, warnings,
+assumptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import string
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from treeboot.arch import Architecture
+from treeboot.artifacts.kernel import KernelImage
+from treeboot.boot.plan import BootPlan, Phase
+from treeboot.boot.steps import local_file
+from treeboot.errors import KernelImageError, UsageError
+from treeboot.explain import handoff as _handoff
+from treeboot.explain.handoff import BootInputs, FwCfgItem, Handoff, Placement, Region
+from treeboot.model import FetchResult, Identification, Verified
+from treeboot.store.cache import file_sha256
+
+BACKENDS = ("qemu",)
+LATER_BACKENDS = ("libvirt", "pxe")
+BOOTS = ("default", "uefi")
+VERIFIED_HOW = {
+    Verified.SIGNED_CHAIN: "sha256 matches the tree's checksum list, which a verified"
+    " signature covers",
+    Verified.SHA256: "sha256 matches the checksum published by the tree (or pinned);"
+    " no signature checked",
+    Verified.NONE: "no checksum published: not verified",
+}
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """What ``treeboot explain`` was asked; names follow ``treeboot install``."""
+
+    location: str | None = None
+    kernel: str | None = None  # path in the tree, or a local ./file or /file
+    initrd: str | None = None
+    arch: str | None = None
+    backend: str = "qemu"
+    memory_mib: int | None = None
+    machine: str | None = None
+    boot: str = "default"  # "default": what install uses; "uefi": UEFI firmware via -bios
+    accel: str = "auto"
+    extra_args: Sequence[str] = ()
+    network: str = "user"
+    fetch: bool = True
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Artifact:
+    role: str  # "kernel" | "initrd"
+    source: str  # path relative to the location, or the local file given
+    url: str | None  # where it comes from
+    path: str | None  # the local file QEMU reads (None: not fetched)
+    size: int | None
+    sha256: str | None
+    published: str | None  # the checksum the tree publishes
+    verified: str
+    how: str
+    from_cache: bool | None = None
+
+
+@dataclass
+class Explanation:
+    backend: str
+    arch: Architecture
+    machine: str
+    boot: str
+    memory_mib: int
+    location: str | None
+    identification: Identification | None
+    artifacts: list[Artifact]
+    image: KernelImage | None
+    cmdline: list[str]
+    cmdline_text: str
+    argv: list[str]
+    handoff: Handoff
+    placement: Placement
+    firmware_path: str | None
+    sequence: list[tuple[str, str, str]]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        ident = self.identification
+        what = (ident.name or ident.os) if ident else None
+        firmware = self.handoff.firmware.split(" (")[0]
+        firmware = "no firmware" if firmware == "none" else firmware
+        return f"{what or 'kernel + initrd'} on {self.arch} ({self.machine}, {firmware})"
+
+    def to_json(self) -> dict[str, Any]:
+        p, h, ident = self.placement, self.handoff, self.identification
+        cmax = self.image.x86.cmdline_size if self.image and self.image.x86 else None
+        return {
+            "backend": self.backend,
+            "arch": str(self.arch),
+            "machine": self.machine,
+            "boot": self.boot,
+            "memory_mib": self.memory_mib,
+            "location": self.location,
+            "identification": _ident_json(ident) if ident else None,
+            "artifacts": [vars(a) for a in self.artifacts],
+            "kernel": self.image.to_json() if self.image else None,
+            "cmdline": {
+                "args": self.cmdline,
+                "text": self.cmdline_text,
+                "bytes": len(self.cmdline_text.encode()) + 1,
+                "max": cmax,
+            },
+            "qemu": {"binary": self.argv[0], "argv": self.argv, "command": shlex.join(self.argv)},
+            "handoff": {
+                "name": h.name,
+                "firmware": h.firmware,
+                "firmware_file": self.firmware_path,
+                "loader": h.loader,
+                "how": h.loader_how,
+                "actors": list(h.actors),
+            },
+            "fw_cfg": [vars(i) for i in p.fw_cfg],
+            "memory_map": {
+                "ram_start": p.ram[0],
+                "ram_end": p.ram[1],
+                "facts": p.facts,
+                "regions": [_region_json(r) for r in p.regions],
+            },
+            "sequence": [{"from": a, "to": b, "text": t} for a, b, t in self.sequence],
+            "notes": self.notes,
+            "warnings": self.warnings,
+            "assumptions": p.assumptions,
+        }
+
+
+def _ident_json(ident: Identification) -> dict[str, Any]:
+    keys = ("location", "os", "name", "version", "arch", "installer", "media", "verified",
+            "evidence", "kernel", "initrd")  # fmt: skip
+    d = ident.to_json()
+    return {k: d.get(k) for k in keys}
+
+
+def _region_json(r: Region) -> dict[str, Any]:
+    return {**asdict(r), "end": r.end}
+
+
+# -- gathering: artifacts, then install's own dry-run plan ----------------------------------
+
+
+@dataclass
+class _Gathered:
+    location: str
+    artifacts: list[Artifact]
+    kernel: Path | None  # local files (None: not fetched)
+    initrd: Path | None
+    network: str
+
+
+def _join(location: str, rel: str) -> str:
+    if location.lower().endswith(".iso"):
+        return f"{location}!/{rel}"
+    return location.rstrip("/") + "/" + rel
+
+
+def _local_artifact(role: str, path: Path) -> Artifact:
+    how = "a local file you gave: nothing to verify against"
+    size, digest = path.stat().st_size, file_sha256(path)
+    return Artifact(role, str(path), None, str(path), size, digest, None, "none", how)
+
+
+def _fetched_artifacts(result: FetchResult) -> list[Artifact]:
+    ident = result.identification
+    out = []
+    for a in (result.kernel, result.initrd):
+        url, published = _join(ident.location, a.source), ident.checksums.get(a.source)
+        how = VERIFIED_HOW[a.verified]
+        out.append(Artifact(a.role, a.source, url, str(a.path), a.size, a.sha256, published,
+                            str(a.verified), how, a.from_cache))  # fmt: skip
+    return out
+
+
+def _unfetched_artifacts(req: ExplainRequest, location: str) -> list[Artifact]:
+    """Identify only; sizes from one HEAD/stat each (no download)."""
+    from treeboot.detect.identify import identify_location
+    from treeboot.locate.open import open_location
+
+    with open_location(location, insecure=req.insecure) as loc:
+        ident = identify_location(loc, arch=req.arch, kernel=req.kernel, initrd=req.initrd)
+        out = []
+        for role in ("kernel", "initrd"):
+            rel = getattr(ident, role)
+            if not rel:
+                raise UsageError(
+                    f"{location}: no {role} identified",
+                    hint="pass --kernel/--initrd relative to the location",
+                )
+            published = ident.checksums.get(rel)
+            level = ident.verified if published else Verified.NONE
+            how = "not fetched (--no-fetch); " + VERIFIED_HOW[level].replace(
+                "matches", "would match"
+            )
+            out.append(
+                Artifact(
+                    role,
+                    rel,
+                    _join(location, rel),
+                    None,
+                    loc.size(rel),
+                    None,
+                    published,
+                    str(level),
+                    how,
+                )
+            )
+    return out
+
+
+def _gather(req: ExplainRequest) -> _Gathered:
+    kernel, initrd = local_file(req.kernel), local_file(req.initrd)
+    if kernel and initrd:
+        # A bare pair has no tree to serve: the guest gets no network unless a location is given.
+        location = req.location or str(kernel.parent)
+        network = req.network if req.location else "none"
+        arts = [_local_artifact("kernel", kernel), _local_artifact("initrd", initrd)]
+        return _Gathered(location, arts, kernel, initrd, network)
+    if not req.location:
+        raise UsageError(
+            "explain needs a LOCATION, or both --kernel FILE and --initrd FILE",
+            hint="e.g. treeboot explain http://mirror/debian/dists/bookworm/main/installer-amd64/",
+        )
+    if not req.fetch:
+        return _Gathered(
+            req.location, _unfetched_artifacts(req, req.location), None, None, req.network
+        )
+    from treeboot.download.fetch import fetch
+
+    result = fetch(
+        req.location,
+        arch=req.arch,
+        kernel=None if kernel else req.kernel,
+        initrd=None if initrd else req.initrd,
+        insecure=req.insecure,
+        progress=False,
+    )
+    arts = _fetched_artifacts(result)
+    if kernel:
+        arts[0] = _local_artifact("kernel", kernel)
+    if initrd:
+        arts[1] = _local_artifact("initrd", initrd)
+    return _Gathered(
+        req.location, arts, kernel or result.kernel.path, initrd or result.initrd.path, req.network
+    )
+
+
+@contextlib.contextmanager
+def _boot_files(g: _Gathered) -> Iterator[tuple[Path, Path]]:
+    """The files to plan with: the fetched ones, or empty stand-ins named like the artifacts
+    (install's dry-run only passes them to QEMU's argv; explain shows the URLs instead)."""
+    if g.kernel is not None and g.initrd is not None:
+        yield g.kernel, g.initrd
+        return
+    with tempfile.TemporaryDirectory(prefix="treeboot-explain-") as tmp:
+        files = []
+        for a in g.artifacts:
+            path = Path(tmp) / a.role / (Path(a.source).name or a.role)
+            path.parent.mkdir()
+            path.touch()
+            files.append(path)
+        yield files[0], files[1]
+
+
+def _plan(
+    req: ExplainRequest, g: _Gathered, rules: _handoff.HandoffRules
+) -> tuple[BootPlan, list[str], Identification | None, Handoff]:
+    """install(..., dry_run=True) on the files, then the firmware/machine asked for."""
+    from treeboot.boot.backends.qemu import render_qemu_argv
+    from treeboot.boot.install import install
+    from treeboot.boot.request import InstallRequest
+
+    with _boot_files(g) as (kernel, initrd):
+        request = InstallRequest(
+            location=g.location,
+            name="explain",
+            memory_mib=req.memory_mib,
+            disk="none",
+            arch=req.arch,
+            accel=req.accel,
+            extra_args=list(req.extra_args),
+            network=g.network,
+            kernel=str(kernel),
+            initrd=str(initrd),
+            insecure=req.insecure,
+        )
+        result = install(request, dry_run=True)
+        plan, argv = result.plan, list(result.argv)
+        handoff = rules.find(plan.arch, req.boot)
+        firmware = Path(handoff.firmware_file) if handoff.firmware_file else None
+        if req.machine or firmware:
+            plan = replace(plan, machine=req.machine or plan.machine, firmware=firmware)
+            argv = render_qemu_argv(plan, Phase.INSTALL)
+        if g.kernel is None:  # stand-ins: show where the files would come from
+            for path, art in zip((kernel, initrd), g.artifacts, strict=True):
+                argv = [a.replace(str(path), art.url or art.source) for a in argv]
+    ident = result.identification
+    known = ident.os is not None or ident.installer is not None
+    return plan, argv, ident if known else None, handoff
+
+
+# -- explaining -----------------------------------------------------------------------------
+
+
+def _check_backend(backend: str) -> None:
+    if backend in BACKENDS:
+        return
+    if backend in LATER_BACKENDS:
+        raise UsageError(
+            f"--backend {backend}: not yet", hint="explain describes --backend qemu for now"
+        )
+    raise UsageError(f"unknown backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+
+
+def _read_image(path: Path | None, warnings: list[str] | None) -> KernelImage | None:
+    """The kernel's header; a format treeboot does not parse adds a short warning."""
+    if path is None:
+        return None
+    from treeboot.artifacts.kernel import read_kernel
+
+    try:
+        return read_kernel(path)
+    except KernelImageError as e:
+        if warnings is not None:
+            warnings.append("kernel header not read: " + e.message.split("; expected")[0])
+        return None
+
+
+def _arch_warning(image: KernelImage | None, arch: Architecture) -> list[str]:
+    if image is None or image.arch is None:
+        return []
+    try:
+        kernel_arch = Architecture.from_name(image.arch)
+    except UsageError:
+        return []
+    x86 = {Architecture.X86_64, Architecture.I686}
+    if kernel_arch is arch or {kernel_arch, arch} <= x86:
+        return []
+    return [
+        f"the kernel is an {kernel_arch} {image.format}, but the guest is {arch}: it will not boot"
+    ]
+
+
+def _fill(text: str, values: Mapping[str, Any]) -> str:
+    keys = {name for _, name, _, _ in string.Formatter().parse(text) if name}
+    shown = {}
+    for key in keys:
+        value = values.get(key)
+        shown[key] = "?" if value is None else f"{value:#x}" if type(value) is int else value
+    return text.format(**shown)
+
+
+def _with_kernel_arch(req: ExplainRequest) -> ExplainRequest:
+    """A bare kernel/initrd pair boots on the kernel's own arch unless --arch says otherwise."""
+    kernel = local_file(req.kernel)
+    if req.arch or req.location or kernel is None:
+        return req
+    image = _read_image(kernel, None)
+    return replace(req, arch=image.arch) if image and image.arch else req
+
+
+def explain(req: ExplainRequest) -> Explanation:
+    """Gather, plan (install's dry-run), read the kernel header and place everything."""
+    _check_backend(req.backend)
+    if req.boot not in BOOTS:
+        raise UsageError(f"--boot {req.boot}: use {' or '.join(BOOTS)}")
+    rules = _handoff.load_handoff_rules()
+    req = _with_kernel_arch(req)
+    g = _gather(req)
+    plan, argv, ident, handoff = _plan(req, g, rules)
+    warnings: list[str] = []
+    # treeboot reads no s390 image header: nothing to warn about there
+    image = _read_image(g.kernel, None if plan.arch is Architecture.S390X else warnings)
+    warnings += _arch_warning(image, plan.arch)
+    from treeboot.prepare.cmdline import join_cmdline
+
+    cmdline = join_cmdline(plan.cmdline)
+    machine = plan.machine or plan.arch.machine()
+    firmware = handoff.firmware_file or (str(rules.blob(handoff.firmware_blob) or "") or None)
+    kernel_art, initrd_art = g.artifacts
+    inputs = BootInputs(
+        arch=plan.arch,
+        machine=machine,
+        memory_mib=plan.memory_mib,
+        cmdline=cmdline,
+        image=image,
+        kernel_path=g.kernel,
+        kernel_size=kernel_art.size,
+        initrd_size=initrd_art.size,
+        firmware_blob=rules.blob(handoff.firmware_blob),
+    )
+    placement = _handoff.place(handoff, inputs, rules)
+    values: dict[str, Any] = {
+        **placement.facts,
+        "binary": argv[0],
+        "machine": machine,
+        "memory_mib": str(plan.memory_mib),
+        "firmware_file": firmware,
+        "installer": (ident.installer if ident else None) or "the initrd's own program",
+    }
+    sequence = [(s.source, s.target, _fill(s.text, values)) for s in handoff.steps]
+    return Explanation(
+        backend=req.backend,
+        arch=plan.arch,
+        machine=machine,
+        boot=req.boot,
+        memory_mib=plan.memory_mib,
+        location=req.location,
+        identification=ident,
+        artifacts=g.artifacts,
+        image=image,
+        cmdline=list(plan.cmdline),
+        cmdline_text=cmdline,
+        argv=argv,
+        handoff=handoff,
+        placement=placement,
+        firmware_path=firmware,
+        sequence=sequence,
+        notes=[*handoff.notes, *_ram_notes(placement, plan.memory_mib)],
+        warnings=[*warnings, *placement.warnings],
+    )
+
+
+def _ram_notes(p: Placement, memory_mib: int) -> list[str]:
+    shown = (p.ram[1] - p.ram[0]) >> 20
+    if shown >= memory_mib:
+        return []
+    return [
+        f"the map shows the {shown} MiB of RAM below 4 GiB; the other"
+        f" {memory_mib - shown} MiB are above 4 GiB"
+    ]
+
+
+# -- text -----------------------------------------------------------------------------------
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "? bytes"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return (
+                f"{value:.0f} {unit}"
+                if value >= 100 or value == int(value)
+                else (f"{value:.1f} {unit}")
+            )
+    return f"{n} bytes"
+
+
+def _wrap(text: str, indent: str = "  ", hang: str = "  ") -> list[str]:
+    import textwrap
+
+    out = textwrap.wrap(text, 96, initial_indent=indent, subsequent_indent=indent + hang)
+    return out or [indent]
+
+
+def _artifact_lines(ex: Explanation) -> list[str]:
+    ident = ex.identification
+    lines = ["What is fetched"]
+    if ex.location:
+        about = f"  ({ident.os or '?'}, {ident.installer or 'unknown installer'})" if ident else ""
+        lines.append(f"  location  {ex.location}{about}")
+    if ident and ident.evidence:
+        lines.append(f"  identified from {', '.join(ident.evidence)}")
+    for a in ex.artifacts:
+        lines.append(f"  {a.role:<9} {a.source}")
+        digest = f", sha256 {a.sha256[:16]}..." if a.sha256 else ""
+        lines.append(f"            {a.size if a.size is not None else '?'} bytes{digest}")
+        lines += _wrap(f"verified: {a.verified} -- {a.how}", " " * 12, "")
+        if a.path and a.path != a.source:
+            cached = " (cache hit)" if a.from_cache else ""
+            lines.append(f"            local file {a.path}{cached}")
+    return lines
+
+
+def _fw_cfg_lines(items: list[FwCfgItem]) -> list[str]:
+    if not items:
+        return []
+    lines = ["", "fw_cfg items QEMU publishes (key, name, value or data size)"]
+    for item in items:
+        key = f"{item.key:#06x}" if item.key is not None else "file  "
+        if isinstance(item.value, int):
+            shown = f"{item.value:#x}" if item.name.endswith("_addr") else str(item.value)
+        elif item.size is not None or item.value is None:
+            shown = f"{item.size if item.size is not None else '?'} bytes"
+        else:
+            shown = ""
+        if isinstance(item.value, str):
+            shown += f" {item.value[:60]!r}{'...' if len(item.value) > 60 else ''}"
+        lines.append(f"  {key}  {item.name:<26} {shown.strip()}")
+    return lines
+
+
+def _memory_lines(ex: Explanation) -> list[str]:
+    p = ex.placement
+    lines = ["", f"Guest memory (RAM {p.ram[0]:#x}-{p.ram[1]:#x}), who puts what where"]
+    if not p.regions:
+        lines.append("  (nothing is placed before the firmware runs: it chooses at run time)")
+    for r in sorted(p.regions, key=lambda r: (r.start, -r.size)):
+        span = f"{r.start:#010x}-{r.end - 1:#010x}"
+        lines.append(f"  {span}  {human_size(r.size):>9}  {r.name:<22} {r.detail}")
+    return lines
+
+
+def format_explanation(ex: Explanation) -> str:
+    """The human-readable explanation (``treeboot explain`` without ``--json``)."""
+    from treeboot.artifacts.report import format_kernel
+    from treeboot.boot.backends.qemu import format_argv
+
+    h = ex.handoff
+    lines = [f"Boot chain: {ex.title}, backend {ex.backend}, {ex.memory_mib} MiB", ""]
+    lines += _artifact_lines(ex)
+    lines += ["", "Kernel"]
+    if ex.image is not None:
+        lines += ["  " + line for line in format_kernel(ex.image.to_json()).splitlines()]
+    else:
+        lines.append("  header not read (not fetched, or not a format treeboot parses)")
+    size = len(ex.cmdline_text.encode()) + 1
+    limit = f", the kernel keeps {ex.image.x86.cmdline_size}" if ex.image and ex.image.x86 else ""
+    lines += ["", f"Kernel command line ({size} bytes with the NUL{limit})"]
+    lines += _wrap(ex.cmdline_text or "(empty)", "  ", "")
+    lines += ["", "QEMU command (as treeboot install runs it)", "  " + format_argv(ex.argv)]
+    lines += ["", f"Firmware: {h.firmware}; loader: {h.loader}"]
+    if ex.firmware_path:
+        lines.append(f"  firmware file {ex.firmware_path}")
+    lines += _wrap(h.loader_how, "  ", "")
+    lines += _fw_cfg_lines(ex.placement.fw_cfg)
+    lines += _memory_lines(ex)
+    lines += ["", "Hand-off sequence"]
+    for i, (a, b, text) in enumerate(ex.sequence, 1):
+        lines += _wrap(f"{i}. {a} -> {b}: {text}", "  ", "   ")
+    for title, items in (
+        ("Notes", ex.notes),
+        ("Assumptions", ex.placement.assumptions),
+        ("Warnings", ex.warnings),
+    ):
+        if items:
+            lines += ["", title] + [w for item in items for w in _wrap(f"- {item}")]
+    return "\n".join(lines)

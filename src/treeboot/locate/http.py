@@ -1,0 +1,307 @@
+"""An install tree over HTTP(S): one httpx Client (keep-alive pool) per location.
+
+Redirects are followed by hand, up to :data:`MAX_REDIRECTS`, so that each hop can be checked:
+a redirect may change host and upgrade http to https, but never downgrade https to http or
+leave HTTP (``file://``, ``ftp://``), and a loop is reported as such.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from treeboot._version import __version__
+from treeboot.errors import LocationError
+from treeboot.locate.base import (
+    MAX_PARALLEL,
+    OnStart,
+    Progress,
+    RemoteStat,
+    Revalidation,
+    StallGuard,
+    TreeLocation,
+    begin_download,
+    redact,
+    too_big,
+    tree_url,
+    write_chunks,
+)
+
+MAX_REDIRECTS = 10
+ABSENT = frozenset({403, 404, 410})  # a probe for a file that is not there (or hidden)
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_DRAIN_LIMIT = 64 * 1024  # bodies we read to the end to keep the connection (404 pages...)
+_NET_HINT = "check the URL and that the server is reachable (see also --timeout, --insecure)"
+
+
+class HttpLocation(TreeLocation):
+    def __init__(self, spec: str, *, insecure: bool = False, timeout: float = 30.0) -> None:
+        super().__init__(tree_url(spec))
+        self.timeout = timeout
+        self.insecure = insecure
+        self._clients: dict[str, httpx.Client] = {}
+        self._clients_lock = threading.Lock()
+
+    def _client(self, url: str) -> httpx.Client:
+        """One keep-alive client per scheme; TLS trust is loaded only once https is used."""
+        scheme = urlsplit(url).scheme.lower()
+        with self._clients_lock:
+            client = self._clients.get(scheme)
+            if client is None:
+                verify: ssl.SSLContext | bool = False
+                if scheme == "https" and not self.insecure:
+                    verify = ssl.create_default_context()  # the system's CAs (SSL_CERT_FILE)
+                client = httpx.Client(
+                    verify=verify,
+                    timeout=httpx.Timeout(self.timeout),
+                    follow_redirects=False,
+                    limits=httpx.Limits(max_connections=2 * MAX_PARALLEL),
+                    headers={
+                        "User-Agent": f"treeboot/{__version__}",
+                        "Accept-Encoding": "identity",
+                    },
+                )
+                self._clients[scheme] = client
+        return client
+
+    def close(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def _url(self, rel: str) -> str:
+        return self.url + quote(rel, safe="/")
+
+    # -- one request, redirects checked hop by hop
+    @contextmanager
+    def _open(
+        self, method: str, rel: str, headers: dict[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
+        url = self._url(rel)
+        seen = {url}
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._send(method, url, headers)
+            if not (resp.is_redirect and "location" in resp.headers):
+                break
+            _finish(resp)
+            target = urljoin(url, resp.headers["location"])
+            _check_redirect(url, target)
+            if target in seen:
+                raise LocationError(
+                    f"redirect loop: {redact(url)} leads back to {redact(target)}",
+                    hint="the server is misconfigured; try another mirror",
+                )
+            seen.add(target)
+            url = target
+        else:
+            raise LocationError(
+                f"too many redirects (more than {MAX_REDIRECTS}) for {self.where(rel)}",
+                hint="the server is misconfigured; try another mirror",
+            )
+        try:
+            yield resp
+            _finish(resp)
+        except httpx.TimeoutException as e:
+            raise LocationError(
+                f"{method} {redact(url)}: no data for {self.timeout:g} s", hint=_NET_HINT
+            ) from e
+        except httpx.HTTPError as e:
+            raise LocationError(f"{method} {redact(url)} failed: {e}", hint=_NET_HINT) from e
+        finally:
+            resp.close()
+
+    def _send(self, method: str, url: str, headers: dict[str, str] | None) -> httpx.Response:
+        try:
+            client = self._client(url)
+            return client.send(client.build_request(method, url, headers=headers), stream=True)
+        except httpx.TimeoutException as e:
+            raise LocationError(
+                f"{method} {redact(url)}: timed out after {self.timeout:g} s", hint=_NET_HINT
+            ) from e
+        except httpx.HTTPError as e:
+            raise LocationError(f"{method} {redact(url)} failed: {e}", hint=_NET_HINT) from e
+
+    def _status_error(self, resp: httpx.Response) -> LocationError:
+        return LocationError(
+            f"{resp.request.method} {redact(str(resp.url))} answered HTTP {resp.status_code}"
+            f" {resp.reason_phrase}",
+            hint="check the URL" if resp.status_code < 500 else "the server failed; retry later",
+        )
+
+    # -- the TreeLocation primitives
+    def _read(self, rel: str, max_size: int) -> bytes | None:
+        with self._open("GET", rel) as resp:
+            if resp.status_code in ABSENT:
+                return None
+            if resp.status_code != 200:
+                raise self._status_error(resp)
+            body = self._body(resp, rel, max_size)
+            self._remember_validator(rel, _remote_stat(resp, None).validator)
+            return body
+
+    def _body(self, resp: httpx.Response, rel: str, max_size: int) -> bytes:
+        length = _int(resp.headers.get("content-length"))
+        if length is not None and length > max_size:
+            raise too_big(self.where(rel), max_size, length)
+        body = bytearray()
+        guard = StallGuard(self.where(rel), self.timeout)
+        for chunk in resp.iter_bytes():
+            self._count(len(chunk))
+            guard(len(chunk))
+            body += chunk
+            if len(body) > max_size:
+                raise too_big(self.where(rel), max_size)
+        return bytes(body)
+
+    def _revalidate(self, rel: str, validator: str | None, max_size: int) -> Revalidation:
+        # Only a strong ETag: If-Modified-Since would call a file replaced by an *older* one
+        # (a mirror rolled back) unchanged, and dates have a one-second granularity.
+        etag = validator if validator and validator.startswith('"') else None
+        with self._open("GET", rel, {"If-None-Match": etag} if etag else None) as resp:
+            if resp.status_code == 304 and etag:
+                return Revalidation(True, None, etag)
+            if resp.status_code in ABSENT:
+                return Revalidation(False, None)
+            if resp.status_code != 200:
+                raise self._status_error(resp)
+            body = self._body(resp, rel, max_size)
+            return Revalidation(False, body, _remote_stat(resp, None).validator)
+
+    def _stat(self, rel: str) -> RemoteStat | None:
+        with self._open("HEAD", rel) as resp:
+            if resp.status_code in ABSENT:
+                return None
+            if resp.status_code == 405:  # no HEAD: ask for one byte instead
+                return self._stat_by_range(rel)
+            if resp.status_code != 200:
+                raise self._status_error(resp)
+            return _remote_stat(resp, _int(resp.headers.get("content-length")))
+
+    def _stat_by_range(self, rel: str) -> RemoteStat | None:
+        with self._open("GET", rel, {"Range": "bytes=0-0"}) as resp:
+            if resp.status_code in ABSENT:
+                return None
+            if resp.status_code == 206:
+                return _remote_stat(resp, _content_range(resp)[2])
+            if resp.status_code == 200:
+                return _remote_stat(resp, _int(resp.headers.get("content-length")))
+            raise self._status_error(resp)
+
+    def _read_range(self, rel: str, offset: int, length: int) -> bytes:
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        with self._open("GET", rel, headers) as resp:
+            if resp.status_code == 416:
+                return b""
+            if resp.status_code == 200:
+                raise LocationError(
+                    f"{self.where(rel)}: the server ignored the Range request (HTTP 200, not 206)",
+                    hint="use a server with byte-range support, or download the file first",
+                )
+            if resp.status_code != 206:
+                raise self._status_error(resp)
+            if _content_range(resp)[0] != offset:
+                raise LocationError(f"{self.where(rel)}: the server sent the wrong byte range")
+            out = bytearray()
+            guard = StallGuard(self.where(rel), self.timeout)
+            for chunk in self._chunks(resp, guard):
+                out += chunk
+                if len(out) > length:  # more than asked: stop (costs the connection)
+                    break
+            return bytes(out[:length])
+
+    def _download(
+        self,
+        rel: str,
+        fileobj: BinaryIO,
+        offset: int,
+        progress: Progress | None,
+        if_range: str | None,
+        on_start: OnStart | None,
+    ) -> int:
+        headers = {}
+        if offset and if_range:
+            headers = {"Range": f"bytes={offset}-", "If-Range": if_range}
+        with self._open("GET", rel, headers) as resp:
+            if resp.status_code == 416 and offset:  # the partial is as long as the file
+                resp.close()
+                return self._download(rel, fileobj, 0, progress, None, on_start)
+            if resp.status_code == 206 and _content_range(resp)[0] == offset:
+                start, size = offset, _content_range(resp)[2]
+            elif resp.status_code == 200:
+                start, size = 0, _int(resp.headers.get("content-length"))
+            elif resp.status_code in ABSENT:
+                raise LocationError(
+                    f"{self.where(rel)} does not exist (HTTP {resp.status_code})",
+                    hint="check the tree, or pass --kernel/--initrd paths that exist",
+                )
+            else:
+                raise self._status_error(resp)
+            begin_download(fileobj, _remote_stat(resp, size), start, on_start)
+            return self._stream(resp, fileobj, progress, StallGuard(self.where(rel), self.timeout))
+
+    def _stream(
+        self, resp: httpx.Response, fileobj: BinaryIO, progress: Progress | None, guard: StallGuard
+    ) -> int:
+        return write_chunks(self._chunks(resp, guard), fileobj, progress)
+
+    def _chunks(self, resp: httpx.Response, guard: StallGuard) -> Iterator[bytes]:
+        """The raw body, counted and checked against ``guard`` chunk by chunk."""
+        for chunk in resp.iter_raw():
+            self._count(len(chunk))
+            guard(len(chunk))
+            yield chunk
+
+
+def _finish(resp: httpx.Response) -> None:
+    """Read what is left of a small body, so that the connection goes back to the pool."""
+    if resp.is_stream_consumed or resp.is_closed:
+        return
+    length = _int(resp.headers.get("content-length"))
+    if resp.request.method == "HEAD" or (length is not None and length <= _DRAIN_LIMIT):
+        for _ in resp.iter_raw():
+            pass
+
+
+def _check_redirect(source: str, target: str) -> None:
+    old, new = urlsplit(source).scheme.lower(), urlsplit(target).scheme.lower()
+    if new == old or (old, new) == ("http", "https"):
+        return
+    raise LocationError(
+        f"refusing redirect from {redact(source)} to {redact(target)}: "
+        f"{old}:// must not redirect to {new}://",
+        hint="a redirect may upgrade http to https, never downgrade or leave HTTP; "
+        "pass the final URL yourself if you trust it",
+    )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _content_range(resp: httpx.Response) -> tuple[int, int, int | None]:
+    m = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())
+    if m is None:
+        raise LocationError(
+            f"{redact(str(resp.url))}: bad Content-Range {resp.headers.get('content-range')!r}"
+        )
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), total
+
+
+def _remote_stat(resp: httpx.Response, size: int | None) -> RemoteStat:
+    """Prefer a strong ETag as validator (If-Range needs one), else Last-Modified."""
+    etag = resp.headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return RemoteStat(size, etag)
+    return RemoteStat(size, resp.headers.get("last-modified"))
