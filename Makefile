@@ -4,37 +4,54 @@
 PY      ?= python3
 VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
-APT_PKGS := qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64 ipxe-qemu \
-            osinfo-db debian-installer-12-netboot-amd64 debian-installer-12-netboot-arm64 \
-            xorriso genisoimage cpio gpg gpgv debian-archive-keyring curl linux-doc \
-            libvirt-daemon-system virtinst python3-venv \
-            busybox-static
+# `make run` boots Debian 12's netboot installer under QEMU: only what that needs.
+RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd64 \
+            gpgv debian-archive-keyring python3-venv
+# `make test` also needs the other architectures, firmware, ISO and cpio tools, the peers the
+# benchmarks and tests compare against, and the daemons the tests start themselves.
+TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
+            debian-installer-12-netboot-arm64 \
+            xorriso genisoimage cpio gpg curl linux-doc busybox-static
 
-.PHONY: run test deps venv lint clean
+.PHONY: run test run-deps test-deps venv test-venv lint clean
 
-deps:
-	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# apt-get only what is missing (as root, or through sudo).
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+run-deps:
+	$(call apt_install,$(RUN_PKGS))
+
+test-deps:
+	$(call apt_install,$(TEST_PKGS))
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
-run: deps venv
+test-venv: $(VENV)/.installed-test
+
+run: run-deps venv
 	$(PYTHON) scripts/main_job.py
 
-test: deps venv
+test: test-deps test-venv
 	$(PYTHON) -m pytest -v -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: venv
+lint: test-venv
 	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy
 
