@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from treeboot.arch import norm_arch, osinfo_arch
 from treeboot.artifacts.kernel import parse_kernel
 from treeboot.detect import _isometa as meta
 from treeboot.detect.bootcfg import BootConfig, read_boot_config
@@ -184,14 +185,14 @@ def _find_layout(probe: _Probe, arch: str | None) -> _LayoutHit | None:
                 return _LayoutHit(rule, None, None, rule.arch)
             continue
         for k_arch, kernel in _expand(probe, rule.kernel):
-            if arch and k_arch and meta.norm_arch(k_arch) != arch:
+            if arch and k_arch and osinfo_arch(k_arch) != arch:
                 continue
             initrd = next(
                 (p for a, p in _expand(probe, rule.initrd) if a == k_arch and probe.exists(p)), None
             )
             if initrd:
                 probe.used(kernel)
-                return _LayoutHit(rule, kernel, initrd, rule.arch or meta.norm_arch(k_arch))
+                return _LayoutHit(rule, kernel, initrd, rule.arch or osinfo_arch(k_arch))
     return None
 
 
@@ -207,7 +208,7 @@ def _expand(probe: _Probe, patterns: tuple[str, ...]) -> list[tuple[str | None, 
         prefix = pattern.split("{arch}", 1)[0].rstrip("/")
         for name in probe.loc.listdir(prefix) or []:
             path = pattern.replace("{arch}", name)
-            if meta.norm_arch(name) and probe.exists(path):
+            if osinfo_arch(name) and probe.exists(path):
                 out.append((name, path))
     return out
 
@@ -229,7 +230,7 @@ def identify_iso(
     when the image is neither known nor bootable.
     """
 
-    arch = meta.norm_arch(arch) if arch else None
+    arch = norm_arch(arch) if arch else None
     info = loc.info
     probe = _Probe(loc)
     db = db or load_osinfo()
@@ -260,7 +261,7 @@ def _pick_match(matches: list[MediaMatch], arch: str | None) -> MediaMatch | Non
         for m in matches:
             if m.media.arch in (arch, "all"):
                 return m
-    host = meta.norm_arch(platform.machine())
+    host = osinfo_arch(platform.machine())
     best = [m for m in matches if _specificity(m.media) == _specificity(matches[0].media)]
     for preferred in (host, "x86_64"):
         for m in best:

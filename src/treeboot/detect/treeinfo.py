@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from treeboot.arch import norm_arch
 from treeboot.detect.osinfo import (
     OsEntry,
     OsinfoDB,
@@ -118,17 +119,17 @@ def select_images(
     ``arch`` (osinfo spelling) defaults to the tree's own; ``images-x86_64_v2`` serves
     ``x86_64``. Paths are checked (no ``..``, not absolute): MetadataError otherwise.
     """
-    own = rules.norm_arch(ti.arch) if ti.arch else None
+    own = norm_arch(ti.arch) if ti.arch else None
     want = arch or own
     sections = [s for s in ti.images if s != "xen"]
     if want is None:
         if len(sections) != 1:
             raise MetadataError(f"{source} names no arch and has images for {sections or 'none'}")
-        want = rules.norm_arch(sections[0])
+        want = norm_arch(sections[0])
     ordered = sorted(sections, key=lambda s: s != ti.arch)  # the tree's own spelling first
-    section = next((s for s in ordered if rules.norm_arch(s) == want), None)
+    section = next((s for s in ordered if norm_arch(s) == want), None)
     if section is None:
-        have = ", ".join(rules.norm_arch(s) for s in sections) or "none"
+        have = ", ".join(norm_arch(s) for s in sections) or "none"
         if arch and own and arch != own:
             raise DetectionError(
                 f"{source}: this tree is for {own}, not {arch} (images for: {have})",
@@ -242,7 +243,7 @@ def match_treeinfo(
     """Parse ``text`` and resolve it (see the module docstring). ``arch``: osinfo spelling."""
     rules = load_rules()
     ti = parse_treeinfo(text, source)
-    arch = rules.norm_arch(arch) if arch else None
+    arch = norm_arch(arch) if arch else None
     arch, kernel, initrd = select_images(ti, arch, rules, source)
     guess = guess_os(ti, arch, db or load_osinfo(), rules)
     installer = rules.installer_for_distro(guess.distro) or rules.installer_for_kernel(kernel)
