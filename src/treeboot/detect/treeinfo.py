@@ -168,6 +168,12 @@ class OsGuess:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def _variant_text(ti: TreeInfo) -> str:
+    """Where a tree names its edition: ``variant``/``[tree] variants``, else the family or
+    ``[release] name`` itself ("Fedora-Silverblue")."""
+    return " ".join(t for t in (ti.variant, ti.family, ti.name) if t)
+
+
 def _variant_ok(rule: TreeRule, variant: str | None) -> bool:
     return rule.treeinfo_variant is None or regex_search(rule.treeinfo_variant, variant)
 
@@ -191,7 +197,7 @@ def guess_os(ti: TreeInfo, arch: str | None, db: OsinfoDB, rules: Rules) -> OsGu
         for r in e.trees
         if r.treeinfo_family
         and regex_search(r.treeinfo_family, ti.family)
-        and _variant_ok(r, ti.variant)
+        and _variant_ok(r, _variant_text(ti))
     ]
     fam = [x for x in fam if regex_fullmatch(x[1].treeinfo_family, ti.family)] or fam
     hits = [
@@ -205,6 +211,9 @@ def guess_os(ti: TreeInfo, arch: str | None, db: OsinfoDB, rules: Rules) -> OsGu
         return OsGuess(e.short_id, e.distro, e.name, ti.version or e.version, True, e)
     placeholder = next((e.short_id for e, _ in hits if e.is_placeholder), None)
     notes = {"osinfo_match": placeholder} if placeholder else {}
+    # An edition osinfo-db models as its own OS (Silverblue, Kinoite) has variant-specific
+    # rules: they name the series, not the family's plain entries.
+    fam = [x for x in fam if x[1].treeinfo_variant is not None] or fam
     distros = Counter(e.distro for e, _ in fam if e.distro)
     distro = distros.most_common(1)[0][0] if distros else None
     if distro is None:
