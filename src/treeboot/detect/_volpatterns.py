@@ -23,16 +23,33 @@ when their version word is in the rule. :func:`match_patterns` returns every hit
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+import os
 import re
+import tempfile
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from treeboot.arch import OSINFO_ARCHES, arch_spellings, osinfo_arch
-from treeboot.detect.osinfo import MediaRule, OsEntry, OsinfoDB, name_template, version_key
+from treeboot.detect.osinfo import (
+    MediaRule,
+    OsEntry,
+    OsinfoDB,
+    cache_dir,
+    index_key,
+    name_template,
+    version_key,
+)
 from treeboot.detect.rules import load_rule_table
 
+log = logging.getLogger(__name__)
+
+PATTERN_FORMAT = 1  # bump when VolumePattern changes
 FIELDS = ("volume_id", "system_id", "publisher_id", "application_id")
 # How the fields are named in ``Identification.evidence``.
 EVIDENCE = {
@@ -92,33 +109,19 @@ def _compile(src: str) -> re.Pattern[str]:
 # -- finding the version and the arch in a regex ----------------------------------------------
 
 
-def _literal_mask(src: str) -> list[bool]:
+# Regex syntax in a pattern source: escapes, character classes, repeats, groups, anchors.
+_SYNTAX = re.compile(r"\\[A-Za-z0-9]|\\|\[(?:\\.|[^\]])*\]|\{[^}]*\}|[()|*+?^$]")
+
+
+@functools.lru_cache(maxsize=8192)
+def _literal_mask(src: str) -> tuple[bool, ...]:
     """Which characters of a regex source are literal text (not in ``[...]``, ``{...}``, or an
-    escape like ``\\d``)."""
+    escape like ``\\d``; the ``\\`` of ``\\.`` is syntax, the dot literal)."""
     mask = [True] * len(src)
-    i, depth_class, depth_brace = 0, False, False
-    while i < len(src):
-        c = src[i]
-        if c == "\\" and i + 1 < len(src):
+    for m in _SYNTAX.finditer(src):
+        for i in range(m.start(), m.end()):
             mask[i] = False
-            if src[i + 1].isalnum() or depth_class or depth_brace:
-                mask[i + 1] = False
-            i += 2
-            continue
-        if depth_class:
-            mask[i] = False
-            depth_class = c != "]"
-        elif depth_brace:
-            mask[i] = False
-            depth_brace = c != "}"
-        elif c == "[":
-            mask[i], depth_class = False, True
-        elif c == "{":
-            mask[i], depth_brace = False, True
-        elif c in "()|*+?^$":
-            mask[i] = False
-        i += 1
-    return mask
+    return tuple(mask)
 
 
 def _spellings(version: str) -> list[tuple[list[str], bool]]:
@@ -156,8 +159,26 @@ def _runs(src: str) -> list[list[tuple[int, str]]]:
     return out
 
 
+# Point-release components a rule writes after the version (``9.0.(\d)``, ``10.\d+.\d+``):
+# optional in the learnt pattern, the next release may be a ".0" that leaves them out.
+_POINT = re.compile(r"(?:(?:\\\.|\.|-|_)(?:\\d\+?|\(\\d\+?\)|\[0-9\]\+?))+")
+_VEND = "(?P<vend>)"  # marks the end of the version block (named releases replace the block)
+
+
+@functools.lru_cache(maxsize=8192)
 def _find_version(src: str, version: str) -> tuple[int, int, str] | None:
     """(start, end, replacement) of the first literal spelling of ``version`` in ``src``."""
+    found = _find_spelling(src, version)
+    if found is None:
+        return None
+    start, end, rep = found
+    point = _POINT.match(src, end)
+    if point:
+        rep, end = rep + f"(?:{point.group()})?", point.end()
+    return start, end, rep + _VEND
+
+
+def _find_spelling(src: str, version: str) -> tuple[int, int, str] | None:
     runs = _runs(src)
     for want, joined in _spellings(version):
         target = ["".join(want)] if joined else want
@@ -187,6 +208,7 @@ def _arch_words(arch: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9])(?i:{names})(?![A-Za-z0-9])")
 
 
+@functools.lru_cache(maxsize=8192)
 def _with_arch(src: str, arch: str) -> str:
     """The first literal spelling of ``arch`` in ``src`` replaced by the arch group."""
     if arch not in OSINFO_ARCHES:
@@ -209,9 +231,15 @@ def _weight(src: str) -> int:
 
 
 def _stem(entry: OsEntry) -> str | None:
-    if version_key(entry.version) is None:
-        return entry.short_id
-    t = name_template(entry.short_id, entry.version or "")
+    return _stem_of(entry.short_id, entry.version)
+
+
+@functools.lru_cache(maxsize=8192)
+def _stem_of(short_id: str, version: str | None) -> str | None:
+    """The short-id before the version (``silverblue37`` -> ``silverblue``)."""
+    if version_key(version) is None:
+        return short_id
+    t = name_template(short_id, version or "")
     return t.prefix if t else None
 
 
@@ -312,7 +340,42 @@ def learn_patterns(entries: Iterable[OsEntry]) -> tuple[VolumePattern, ...]:
             if p is not None:
                 found.setdefault((p.stem, p.fields), p)
     plain = list(found.values())
-    return tuple(plain + _edition_slots(plain))
+    return tuple(plain + _edition_slots(plain) + _named_releases(newest, plain))
+
+
+_BLOCK = re.compile(r"\(\?P<v0>.*?\(\?P<vend>\)")
+
+
+def _replace_block(src: str, text: str) -> str:
+    m = _BLOCK.search(src)
+    return src[: m.start()] + text + src[m.end() :] if m else src
+
+
+def _named_releases(
+    entries: Sequence[OsEntry], patterns: Sequence[VolumePattern]
+) -> list[VolumePattern]:
+    """A named release (``debiantesting``, ``fedora-rawhide``) is spelled where its series
+    writes the number: ``Debian testing arm64 n`` from ``Debian 12.x.y arm64 n``. Only for
+    entries whose own rules spell the name."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], VolumePattern] = {}
+    for e in entries:
+        word = (e.version or "").lower()
+        if version_key(e.version) is not None or e.is_placeholder or not word or not e.distro:
+            continue
+        if not any(word in (v or "").lower() for r in e.medias for _, v in _rule_fields(r)):
+            continue
+        for p in patterns:
+            if p.distro != e.distro or not p.version_fields or not e.short_id.startswith(p.stem):
+                continue
+            lit = f"(?i:{re.escape(word)})"
+            fields = tuple(
+                (f, _replace_block(src, lit) if f in p.version_fields else src)
+                for f, src in p.fields
+            )
+            named = VolumePattern(e.distro, e.short_id, e.short_id, p.arch, fields, (),
+                                  p.weight + len(word) - 2)  # fmt: skip
+            out.setdefault((named.stem, named.fields), named)
+    return list(out.values())
 
 
 _LEARNT: weakref.WeakKeyDictionary[OsinfoDB, tuple[tuple[VolumePattern, Any], ...]] = (
@@ -338,13 +401,45 @@ def load_volume_rules() -> tuple[VolumePattern, ...]:
 
 
 def patterns_of(db: OsinfoDB) -> tuple[tuple[VolumePattern, Any], ...]:
-    """The patterns of ``db`` with their compiled fields, learnt once per loaded database."""
+    """The patterns of ``db`` with their compiled fields: learnt once per database and kept
+    beside the osinfo index (JSON, keyed like it plus this module and the rules file)."""
     got = _LEARNT.get(db)
     if got is None:
-        learnt = (*load_volume_rules(), *learn_patterns(db.entries))
+        learnt = (*load_volume_rules(), *_cached_learn(db))
         got = tuple((p, p.compiled()) for p in learnt)
         _LEARNT[db] = got
     return got
+
+
+def _cached_learn(db: OsinfoDB) -> tuple[VolumePattern, ...]:
+    if not db.paths:
+        return learn_patterns(db.entries)
+    own = Path(__file__).stat()
+    key = hashlib.sha256(
+        f"{PATTERN_FORMAT}\0{index_key(db.paths)}\0{own.st_mtime_ns}\0{own.st_size}".encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / f"volpatterns-{key}.json"
+    try:
+        return tuple(VolumePattern(**_tuples(d)) for d in json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        log.debug("learnt volume patterns %s unusable (%s); learning", path, e)
+    patterns = learn_patterns(db.entries)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".volpatterns-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump([asdict(p) for p in patterns], f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache only costs speed
+        log.debug("cannot write %s: %s", path, e)
+    return patterns
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    d["fields"] = tuple((f, s) for f, s in d["fields"])
+    d["version_fields"] = tuple(d["version_fields"])
+    return d
 
 
 # -- matching ----------------------------------------------------------------------------------
