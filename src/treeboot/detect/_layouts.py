@@ -447,9 +447,7 @@ def _mageia(ctx: Context) -> Finding | None:
     info = parse_mageia_version(text) if text else None
     if info is None:
         return None
-    arch = ctx.need_arch(
-        ctx.check_arch(info.arch and norm_arch(info.arch), "VERSION"), "VERSION"
-    )
+    arch = ctx.need_arch(ctx.check_arch(info.arch and norm_arch(info.arch), "VERSION"), "VERSION")
     cands = list(kernels_for(ctx.rules.mageia_kernels, arch))
     if not cands:
         raise DetectionError(

@@ -22,6 +22,7 @@ when their version word is in the rule. :func:`match_patterns` returns every hit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -60,12 +61,12 @@ EVIDENCE = {
 }
 
 # A separator between version components as osinfo-db writes it in a regex.
-_SEP = r"(?:\\\.|\.|-SP|SP|sp|-|_|\[_-\]|\[-_\]| )"
+_SEP = r"(?:\\\.|\.| SP|-SP|SP|sp|-|_|\[_-\]|\[-_\]| )"
 _YEAR = re.compile(r"(?<![\d\\{,])(?:19|20)\d\d(?![\d}])")
 _WORD = "[A-Za-z][A-Za-z_]*"
-# Any word; a hit counts only when the word is an arch spelling (checked after matching, which
-# keeps the patterns small to compile).
-_ARCH_GROUP = "(?P<arch>[A-Za-z][A-Za-z0-9_]*)"
+# Every arch spelling treeboot.arch knows, longest first, in any case ("AMD64").
+_ARCH_NAMES = sorted({s for a in OSINFO_ARCHES for s in arch_spellings(a)}, key=lambda s: -len(s))
+_ARCH_GROUP = "(?P<arch>(?i:" + "|".join(re.escape(s) for s in _ARCH_NAMES) + "))"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class VolumePattern:
 
     def compiled(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
         return tuple((f, _compile(src)) for f, src in self.fields)
+
+    def required(self) -> tuple[tuple[str, str], ...]:
+        """(field, text the value must contain): checked before compiling (a few of the
+        hundreds of patterns are ever compiled in one run)."""
+        return tuple((f, lit) for f, src in self.fields if (lit := _required_prefix(src)))
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,25 @@ def _with_arch(src: str, arch: str) -> str:
     return src
 
 
+_LITERAL_HEAD = re.compile(r"\^?([^\\\[\](){}|*+?^$.]*)([*?{]?)")
+
+
+def _required_prefix(src: str) -> str:
+    """The literal text a regex source starts with (after ``^``), minus a last character a
+    quantifier makes optional; "" when a top-level ``|`` makes nothing required."""
+    if "|" in src:
+        depth = 0
+        for c in src:
+            depth += c == "("
+            depth -= c == ")"
+            if c == "|" and depth == 0:
+                return ""
+    m = _LITERAL_HEAD.match(src)
+    assert m is not None  # every group in the pattern is optional
+    head = m.group(1)
+    return head[:-1] if m.group(2) else head
+
+
 def _weight(src: str) -> int:
     bare = re.sub(r"\(\?P<\w+>.*?\)\)?|\\[dDsSwW]|\[.*?\]|[.*+?()|^$\\]", "", src)
     return len(bare)
@@ -337,8 +362,11 @@ def learn_patterns(entries: Iterable[OsEntry]) -> tuple[VolumePattern, ...]:
     for entry in newest:
         for rule in entry.medias:
             p = _generalise(entry, rule)
-            if p is not None:
-                found.setdefault((p.stem, p.fields), p)
+            if p is None:
+                continue
+            seen = found.setdefault((p.stem, p.fields), p)
+            if seen.arch != p.arch:  # the same descriptor for several arches: it names none
+                found[(p.stem, p.fields)] = dataclasses.replace(seen, arch="all")
     plain = list(found.values())
     return tuple(plain + _edition_slots(plain) + _named_releases(newest, plain))
 
@@ -378,7 +406,8 @@ def _named_releases(
     return list(out.values())
 
 
-_LEARNT: weakref.WeakKeyDictionary[OsinfoDB, tuple[tuple[VolumePattern, Any], ...]] = (
+_Required = tuple[tuple[str, str], ...]
+_LEARNT: weakref.WeakKeyDictionary[OsinfoDB, tuple[tuple[VolumePattern, _Required], ...]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -393,20 +422,20 @@ def load_volume_rules() -> tuple[VolumePattern, ...]:
         fields = tuple((f, body.pop(f)) for f in FIELDS if f in body)
         if body or not fields:
             raise ValueError(f"rules/volume_ids.toml: unknown keys {sorted(body)} for {template}")
-        carriers = tuple(f for f, src in fields if "(?P<v0>" in _compile(src).pattern)
+        carriers = tuple(f for f, src in fields if "v0" in _compile(src).groupindex)
         weight = 50 + sum(_weight(s) for _, s in fields)  # hand-checked: beats learnt ones
         out.append(VolumePattern(distro, template.split("{")[0], "rules/volume_ids.toml",
                                  "all", fields, carriers, weight, template, display))  # fmt: skip
     return tuple(out)
 
 
-def patterns_of(db: OsinfoDB) -> tuple[tuple[VolumePattern, Any], ...]:
-    """The patterns of ``db`` with their compiled fields: learnt once per database and kept
+def patterns_of(db: OsinfoDB) -> tuple[tuple[VolumePattern, _Required], ...]:
+    """The patterns of ``db`` with their required text: learnt once per database and kept
     beside the osinfo index (JSON, keyed like it plus this module and the rules file)."""
     got = _LEARNT.get(db)
     if got is None:
         learnt = (*load_volume_rules(), *_cached_learn(db))
-        got = tuple((p, p.compiled()) for p in learnt)
+        got = tuple((p, p.required()) for p in learnt)
         _LEARNT[db] = got
     return got
 
@@ -418,17 +447,22 @@ def _cached_learn(db: OsinfoDB) -> tuple[VolumePattern, ...]:
     key = hashlib.sha256(
         f"{PATTERN_FORMAT}\0{index_key(db.paths)}\0{own.st_mtime_ns}\0{own.st_size}".encode()
     ).hexdigest()[:24]
-    path = cache_dir() / f"volpatterns-{key}.json"
+    # One file per set of database paths (like the index); the key inside says if it is current.
+    tag = hashlib.sha256("\0".join(db.paths).encode()).hexdigest()[:16]
+    path = cache_dir() / f"volpatterns-{tag}.json"
     try:
-        return tuple(VolumePattern(**_tuples(d)) for d in json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
+        data = json.loads(path.read_text())
+        if data["key"] == key:
+            return tuple(VolumePattern(**_tuples(d)) for d in data["patterns"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
         log.debug("learnt volume patterns %s unusable (%s); learning", path, e)
     patterns = learn_patterns(db.entries)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".volpatterns-", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump([asdict(p) for p in patterns], f, separators=(",", ":"))
+            out = {"key": key, "patterns": [asdict(p) for p in patterns]}
+            json.dump(out, f, separators=(",", ":"))
         os.replace(tmp, path)
     except OSError as e:  # a read-only cache only costs speed
         log.debug("cannot write %s: %s", path, e)
@@ -453,8 +487,11 @@ def _version(m: re.Match[str]) -> str | None:
 def match_patterns(db: OsinfoDB, values: Mapping[str, str | None]) -> list[VolumeHit]:
     """Hits of the learnt patterns on the descriptor ``values`` (field -> text), best first."""
     hits: list[VolumeHit] = []
-    for pattern, compiled in patterns_of(db):
-        hit = _try(pattern, compiled, values)
+    stripped = {k: (v or "").strip() for k, v in values.items()}
+    for pattern, required in patterns_of(db):
+        if not all(lit in stripped.get(f, "") for f, lit in required):
+            continue
+        hit = _try(pattern, pattern.compiled(), stripped)
         if hit is not None:
             hits.append(hit)
     hits.sort(key=lambda h: (bool(h.version), h.pattern.weight), reverse=True)

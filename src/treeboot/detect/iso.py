@@ -243,10 +243,8 @@ def identify_iso(
             hint=f"drop --arch or pass --arch {content_arch}",
         )
     layout = _find_layout(probe, arch or content_arch)
-    matches = match_media(db, info, arch)
     want_arch = arch or content_arch or (layout.arch if layout else None)
-    match = _pick_match(matches, want_arch)
-    match, learnt = _learnt_naming(db, info, match, want_arch)
+    matches, match, learnt = name_descriptor(db, info, want_arch, filter_arch=arch)
     boot = read_boot_config(probe.read, loc.listdir)
     return _assemble(
         _Inputs(loc, probe, facts, layout, match, matches, boot, db, learnt),
@@ -258,11 +256,19 @@ def identify_iso(
     )
 
 
-def _learnt_naming(
-    db: OsinfoDB, info: IsoInfo, match: MediaMatch | None, arch: str | None
-) -> tuple[MediaMatch | None, vol.VolumeNaming | None]:
-    """Patterns learnt from osinfo-db's rules (:mod:`._volpatterns`) for a release the
-    database does not list, or when its only match is a placeholder (``rhel9-unknown``)."""
+def name_descriptor(
+    db: OsinfoDB, info: IsoInfo, arch: str | None = None, *, filter_arch: str | None = None
+) -> tuple[list[MediaMatch], MediaMatch | None, vol.VolumeNaming | None]:
+    """Name the OS from the primary volume descriptor alone: ``(all osinfo-db matches, the
+    chosen one, the learnt naming)``, at most one of the last two set.
+
+    osinfo-db's own rules first; patterns learnt from them (:mod:`._volpatterns`) for a
+    release the database does not list, or when its only match is a placeholder
+    (``rhel9-unknown``) although the descriptor spells the version. ``filter_arch`` restricts
+    the rules (an ``--arch`` request), ``arch`` only prefers.
+    """
+    matches = match_media(db, info, filter_arch)
+    match = _pick_match(matches, arch)
     values = {
         "volume_id": info.volume_id,
         "system_id": info.system_id,
@@ -273,8 +279,8 @@ def _learnt_naming(
     naming = next((n for h in hits if (n := vol.name_hit(db, h)) is not None), None)
     exact = match.entry if match and not match.entry.is_placeholder else None
     if vol.prefer_learnt(naming, exact):
-        return None, naming
-    return match, None
+        return matches, None, naming
+    return matches, match, None
 
 
 def _pick_match(matches: list[MediaMatch], arch: str | None) -> MediaMatch | None:
