@@ -86,7 +86,9 @@ def _walk(items: Iterable[tuple[Any, Any]]) -> str:
         elif op is sre_c.IN:
             out.append(_class(av))
         elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT):
-            low, _, sub = av
+            low, high, sub = av
+            if low == 0 and high and len(sub) == 1 and sub[0][0] is sre_c.LITERAL:
+                low = 1  # "x86_64*" is osinfo-db's typo for x86_64, not for x86_6
             out.append(_walk(sub) * low)
         elif op is sre_c.SUBPATTERN:
             out.append(_walk(av[-1]))
@@ -123,24 +125,23 @@ def _class(items: list[tuple[Any, Any]]) -> str:
 _SEPS = r"(\.| SP|-SP|SP|-|_| )"
 
 
-def respell(text: str, old: str, new: str) -> str | None:
-    """``text`` with version ``old`` (as the text spells it) replaced by ``new``, or None."""
+def respell(text: str, old: str, new: str) -> tuple[str, str] | None:
+    """``text`` with version ``old`` (as the text spells it) replaced by ``new``, and the
+    version the new text spells (``new`` cut to the components the text writes), or None."""
     comps, want = old.split("."), new.split(".")
     while True:
         body = _SEPS.join(re.escape(c) for c in comps)
         m = re.search(rf"(?<!\d){body}(?!\d)", text)
         if m:
-            seps = list(m.groups()) or []
-            rendered = want[0]
-            for i, sep in enumerate(seps, 1):
-                rendered += sep + (want[i] if i < len(want) else "0")
-            if len(want) > len(comps) and not seps:
-                rendered = want[0]  # the text spells the major only
-            return text[: m.start()] + rendered + text[m.end() :]
+            spelled = (want + ["0"] * len(comps))[: len(comps)]
+            rendered = spelled[0]
+            for i, sep in enumerate(m.groups(), 1):
+                rendered += sep + spelled[i]
+            return text[: m.start()] + rendered + text[m.end() :], ".".join(spelled)
         if len(comps) == 2 and len(comps[1]) == 1:
             m = re.search(rf"(?<![\dA-Za-z]){comps[0]}{comps[1]}(?!\d)", text)
             if m and len(want) == 2 and len(want[1]) == 1:
-                return text[: m.start()] + want[0] + want[1] + text[m.end() :]
+                return text[: m.start()] + want[0] + want[1] + text[m.end() :], new
         if len(comps) > 1 and comps[-1].strip("0") == "":
             comps = comps[:-1]
             continue
@@ -156,17 +157,18 @@ def numbered(db: OsinfoDB) -> list[OsEntry]:
     return [e for e in db.entries if not e.is_placeholder and version_key(e.version) and e.distro]
 
 
-def bumped(series: list[OsEntry], db: OsinfoDB) -> str:
+def bumped(series: list[OsEntry]) -> str:
     newest = max(version_key(e.version) or (0,) for e in series)
     comps = list(newest)
     comps[-1] += 1
     return ".".join(str(c) for c in comps)
 
 
-def descriptor(rule: MediaRule, old: str | None, new: str | None) -> tuple[IsoInfo, bool] | None:
-    """(descriptor, whether some field spelled the version) from the rule's own regexes."""
+def descriptor(rule: MediaRule, old: str, new: str) -> tuple[IsoInfo, str | None] | None:
+    """(descriptor, the version some field spells or None) from the rule's own regexes, the
+    version ``old`` respelled as ``new``."""
     values: dict[str, str] = {}
-    spelled = False
+    spelled: str | None = None
     for f in FIELDS:
         pattern = getattr(rule, f)
         if not pattern:
@@ -174,12 +176,9 @@ def descriptor(rule: MediaRule, old: str | None, new: str | None) -> tuple[IsoIn
         text = sample(pattern)
         if text is None:
             return None
-        if old and new and old != new:
-            changed = respell(text, old, new)
-            spelled = spelled or changed is not None
-            text = changed or text
-        elif old:
-            spelled = spelled or respell(text, old, old) is not None
+        changed = respell(text, old, new)
+        if changed is not None:
+            text, spelled = changed[0], spelled or changed[1]
         values[f] = text
     if "volume_id" not in values:
         return None
@@ -247,13 +246,15 @@ def installed_cases(db: OsinfoDB) -> list[tuple[IsoInfo, bool, str]]:
         if (s := stem(e)) is not None and e.distro:
             series.setdefault((e.distro, s), []).append(e)
     for (distro, _), entries in series.items():
-        new = bumped(entries, db)
-        want, _ = db.derive_short_id(distro, new, series=entries)
+        new = bumped(entries)
         for e in entries:
             for rule in e.medias:
-                got = descriptor(rule, e.version, new)
-                if got is not None:
-                    cases.append((*got, want))
+                got = descriptor(rule, e.version or "", new)
+                if got is None:
+                    continue
+                info, spelled = got
+                want, _ = db.derive_short_id(distro, spelled or new, series=entries)
+                cases.append((info, spelled is not None, want))
     return cases
 
 
@@ -274,9 +275,9 @@ def held_out_cases(removed: list[OsEntry]) -> list[tuple[IsoInfo, bool, str]]:
     cases = []
     for e in removed:
         for rule in e.medias:
-            got = descriptor(rule, e.version, None)
+            got = descriptor(rule, e.version or "", e.version or "")
             if got is not None:
-                cases.append((*got, e.short_id))
+                cases.append((got[0], got[1] is not None, e.short_id))
     return cases
 
 
