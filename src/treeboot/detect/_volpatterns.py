@@ -50,7 +50,7 @@ from treeboot.detect.rules import load_rule_table
 
 log = logging.getLogger(__name__)
 
-PATTERN_FORMAT = 1  # bump when VolumePattern changes
+PATTERN_FORMAT = 2  # bump when VolumePattern changes
 FIELDS = ("volume_id", "system_id", "publisher_id", "application_id")
 # How the fields are named in ``Identification.evidence``.
 EVIDENCE = {
@@ -234,9 +234,10 @@ _LITERAL_HEAD = re.compile(r"\^?([^\\\[\](){}|*+?^$.]*)([*?{]?)")
 def _required_prefix(src: str) -> str:
     """The literal text a regex source starts with (after ``^``), minus a last character a
     quantifier makes optional; "" when a top-level ``|`` makes nothing required."""
-    if "|" in src:
+    bare = src.replace(_ARCH_GROUP, "")
+    if "|" in bare:
         depth = 0
-        for c in src:
+        for c in bare:
             depth += c == "("
             depth -= c == ")"
             if c == "|" and depth == 0:
@@ -451,7 +452,7 @@ def _cached_learn(db: OsinfoDB) -> tuple[VolumePattern, ...]:
     tag = hashlib.sha256("\0".join(db.paths).encode()).hexdigest()[:16]
     path = cache_dir() / f"volpatterns-{tag}.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text().replace(_ARCH, _json_str(_ARCH_GROUP)))
         if data["key"] == key:
             return tuple(VolumePattern(**_tuples(d)) for d in data["patterns"])
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -462,11 +463,20 @@ def _cached_learn(db: OsinfoDB) -> tuple[VolumePattern, ...]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".volpatterns-", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             out = {"key": key, "patterns": [asdict(p) for p in patterns]}
-            json.dump(out, f, separators=(",", ":"))
+            # the arch group is most of the text: written once
+            text = json.dumps(out, separators=(",", ":")).replace(_json_str(_ARCH_GROUP), _ARCH)
+            f.write(text)
         os.replace(tmp, path)
     except OSError as e:  # a read-only cache only costs speed
         log.debug("cannot write %s: %s", path, e)
     return patterns
+
+
+_ARCH = "@ARCH@"
+
+
+def _json_str(text: str) -> str:
+    return json.dumps(text)[1:-1]
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
