@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from _iso_helpers import Content, build_iso, patch_pvd
 from treeboot.detect import _volpatterns as vol
+from treeboot.detect._volnaming import compatible
 from treeboot.detect.iso import identify_iso, name_descriptor
 from treeboot.detect.osinfo import OsinfoDB, build_index, load_osinfo
 from treeboot.detect.treeinfo import match_treeinfo
@@ -311,11 +312,11 @@ def test_perturbed_version_digits_never_change_the_family(
     _, match, learnt = name_descriptor(load_osinfo(), descriptor)
     if learnt is not None:
         assert learnt.distro == family, (descriptor.volume_id, learnt)
-        assert vol.compatible(learnt.version, want), (descriptor.volume_id, learnt.version, want)
+        assert compatible(learnt.version, want), (descriptor.volume_id, learnt.version, want)
     elif match is not None:
         entry = match.entry
         assert entry.distro == family, (descriptor.volume_id, entry.short_id)
-        assert entry.is_placeholder or vol.compatible(entry.version, want), (
+        assert entry.is_placeholder or compatible(entry.version, want), (
             descriptor.volume_id, entry.short_id, want)  # fmt: skip
 
 

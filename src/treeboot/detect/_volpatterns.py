@@ -256,7 +256,8 @@ def _weight(src: str) -> int:
 # -- learning ----------------------------------------------------------------------------------
 
 
-def _stem(entry: OsEntry) -> str | None:
+def stem(entry: OsEntry) -> str | None:
+    """The short-id before the version: the series an entry belongs to."""
     return _stem_of(entry.short_id, entry.version)
 
 
@@ -274,8 +275,8 @@ def _rule_fields(rule: MediaRule) -> list[tuple[str, str]]:
 
 
 def _generalise(entry: OsEntry, rule: MediaRule) -> VolumePattern | None:
-    stem = _stem(entry)
-    if entry.is_placeholder or not entry.distro or stem is None:
+    series = stem(entry)
+    if entry.is_placeholder or not entry.distro or series is None:
         return None
     numeric = version_key(entry.version) is not None
     fields: list[tuple[str, str]] = []
@@ -300,7 +301,7 @@ def _generalise(entry: OsEntry, rule: MediaRule) -> VolumePattern | None:
     weight = sum(_weight(s) for _, s in fields) + 4 * len(fields)
     return VolumePattern(
         distro=entry.distro,
-        stem=stem,
+        stem=series,
         source=entry.short_id,
         arch=rule.arch,
         fields=tuple(fields),
@@ -532,78 +533,3 @@ def _try(
     arch = arches.pop() if arches else (pattern.arch if pattern.arch != "all" else None)
     evidence = tuple(EVIDENCE[n] for n, _ in compiled)
     return VolumeHit(pattern, versions.pop() if versions else None, arch, evidence)
-
-
-# -- naming --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VolumeNaming:
-    """What a hit names: the osinfo short-id (derived the family's way when the database does
-    not list the release) and the entry when it does."""
-
-    short_id: str
-    entry: OsEntry | None
-    distro: str
-    name: str | None
-    version: str | None
-    arch: str | None
-    evidence: tuple[str, ...]
-    learnt_from: str
-
-
-def series_of(db: OsinfoDB, pattern: VolumePattern) -> list[OsEntry]:
-    return [e for e in db.by_distro(pattern.distro) if _stem(e) == pattern.stem]
-
-
-def name_hit(db: OsinfoDB, hit: VolumeHit) -> VolumeNaming | None:
-    p = hit.pattern
-    if p.template is not None:  # a rules/volume_ids.toml family osinfo-db lacks
-        if hit.version is None:
-            return None
-        comps = dict(zip(("v0", "v1", "v2"), hit.version.split("."), strict=False))
-        short_id = p.template.format(version=hit.version, **comps)
-        entry = db.get(short_id)
-        name = (p.display or "").format(version=hit.version, **comps) or None
-        return VolumeNaming(short_id, entry, p.distro, entry.name if entry else name,
-                            hit.version, hit.arch, hit.evidence, p.source)  # fmt: skip
-    if hit.version is None:
-        entry = db.get(p.source)
-        if entry is None:
-            return None
-        return VolumeNaming(entry.short_id, entry, p.distro, entry.name, entry.version,
-                            hit.arch, hit.evidence, p.source)  # fmt: skip
-    series = series_of(db, p)
-    short_id, known = db.derive_short_id(p.distro, hit.version, series=series)
-    entry = db.get(short_id) if known else None
-    name = entry.name if entry else db.derive_name(series, hit.version)
-    return VolumeNaming(short_id, entry, p.distro, name, hit.version, hit.arch, hit.evidence,
-                        p.source)  # fmt: skip
-
-
-def compatible(a: str | None, b: str | None) -> bool:
-    """``9`` and ``9.5``, ``9.0`` and ``9``: one version is the other written shorter."""
-    ka, kb = version_key(a), version_key(b)
-    if ka is None or kb is None:
-        return (a or "").lower() == (b or "").lower()
-    while len(ka) > 1 and ka[-1] == 0:
-        ka = ka[:-1]
-    while len(kb) > 1 and kb[-1] == 0:
-        kb = kb[:-1]
-    n = min(len(ka), len(kb))
-    return ka[:n] == kb[:n]
-
-
-def prefer_learnt(naming: VolumeNaming | None, exact: OsEntry | None) -> bool:
-    """Whether the learnt naming beats osinfo-db's own best (non-placeholder) match.
-
-    The database wins unless it names another release of the same family than the version the
-    descriptor spells: osinfo's unanchored ``Fedora-S-dvd-x86_64-37`` also matches ``...-371``.
-    """
-    if naming is None:
-        return False
-    if exact is None:
-        return True
-    if naming.short_id in exact.short_ids or naming.distro != exact.distro:
-        return False
-    return not compatible(naming.version, exact.version)

@@ -28,6 +28,7 @@ from typing import Any
 from treeboot.arch import norm_arch, osinfo_arch
 from treeboot.artifacts.kernel import parse_kernel
 from treeboot.detect import _isometa as meta
+from treeboot.detect import _volnaming as naming
 from treeboot.detect import _volpatterns as vol
 from treeboot.detect.bootcfg import BootConfig, read_boot_config
 from treeboot.detect.osinfo import MediaMatch, MediaRule, OsEntry, OsinfoDB, load_osinfo
@@ -258,7 +259,7 @@ def identify_iso(
 
 def name_descriptor(
     db: OsinfoDB, info: IsoInfo, arch: str | None = None, *, filter_arch: str | None = None
-) -> tuple[list[MediaMatch], MediaMatch | None, vol.VolumeNaming | None]:
+) -> tuple[list[MediaMatch], MediaMatch | None, naming.VolumeNaming | None]:
     """Name the OS from the primary volume descriptor alone: ``(all osinfo-db matches, the
     chosen one, the learnt naming)``, at most one of the last two set.
 
@@ -276,10 +277,10 @@ def name_descriptor(
         "application_id": info.application_id,
     }
     hits = [h for h in vol.match_patterns(db, values) if not arch or h.arch in (None, arch)]
-    naming = next((n for h in hits if (n := vol.name_hit(db, h)) is not None), None)
+    learnt = next((n for h in hits if (n := naming.name_hit(db, h)) is not None), None)
     exact = match.entry if match and not match.entry.is_placeholder else None
-    if vol.prefer_learnt(naming, exact):
-        return matches, None, naming
+    if naming.prefer_learnt(learnt, exact):
+        return matches, None, learnt
     return matches, match, None
 
 
@@ -309,7 +310,7 @@ class _Inputs:
     matches: list[MediaMatch]
     boot: BootConfig
     db: OsinfoDB
-    learnt: vol.VolumeNaming | None = None
+    learnt: naming.VolumeNaming | None = None
 
 
 def _assemble(
@@ -420,7 +421,7 @@ def _version(x: _Inputs, os_entry: OsEntry | None) -> str | None:
     (``.disk/info`` 12.4.0 for ``Debian 12...``)."""
     content = _first(x.facts, "version")
     learnt = _learnt(x, "version")
-    if learnt and content and vol.compatible(learnt, content) and len(content) > len(learnt):
+    if learnt and content and naming.compatible(learnt, content) and len(content) > len(learnt):
         return str(content)
     return learnt or (os_entry.version if os_entry else None) or content
 
