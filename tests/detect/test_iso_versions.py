@@ -386,3 +386,16 @@ def test_every_volume_ids_rule_loads() -> None:
     for r in rules:
         for _, rx in r.compiled():
             assert "v0" in rx.groupindex or "arch" in rx.groupindex
+
+
+def test_learnt_patterns_are_cached_beside_the_index(
+    example_db: OsinfoDB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TREEBOOT_CACHE", str(tmp_path / "cache"))
+    learnt = vol.patterns_of(example_db)
+    files = list((tmp_path / "cache" / "osinfo").glob("volpatterns-*.json"))
+    assert len(files) == 1
+    again = build_index(list(example_db.paths))  # a new database object: read from the file
+    assert vol.patterns_of(again) == learnt
+    files[0].write_text("{not json")  # a damaged cache is relearnt, not an error
+    assert vol.patterns_of(build_index(list(example_db.paths))) == learnt
