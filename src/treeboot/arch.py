@@ -2,6 +2,10 @@
 
 Values are osinfo/Linux arch names. :meth:`Architecture.from_name` also accepts the
 Debian and QEMU spellings (amd64, arm64, ppc64el, i386, ...).
+
+:func:`norm_arch` is the one arch normaliser of treeboot: every spelling found in metadata,
+volume descriptors, directory names and on the command line goes through it to the osinfo-db
+``<arch>`` name (``i386`` -> ``i686``, ``armhfp`` -> ``armv7l``, ``x86_64_v2`` -> ``x86_64``).
 """
 
 from __future__ import annotations
@@ -24,17 +28,14 @@ class Architecture(StrEnum):
     @classmethod
     def from_name(cls, name: str) -> Architecture:
         """Parse any common spelling; raise UsageError naming the accepted ones."""
-        key = name.strip().lower()
-        arch = _ALIASES.get(key)
-        if arch is None:
-            try:
-                arch = cls(key)
-            except ValueError as e:
-                accepted = ", ".join(a.value for a in cls)
-                raise UsageError(
-                    f"unknown architecture {name!r}", hint=f"use one of: {accepted}"
-                ) from e
-        return arch
+        key = norm_arch(name)
+        try:
+            return cls(_GUEST_ALIASES.get(key, key))
+        except ValueError as e:
+            accepted = ", ".join(a.value for a in cls)
+            raise UsageError(
+                f"unknown architecture {name!r}", hint=f"use one of: {accepted}"
+            ) from e
 
     @classmethod
     def native(cls) -> Architecture:
@@ -79,18 +80,62 @@ class Architecture(StrEnum):
         return self is host or (self is Architecture.I686 and host is Architecture.X86_64)
 
 
-_ALIASES: dict[str, Architecture] = {
-    "amd64": Architecture.X86_64,
-    "x86-64": Architecture.X86_64,
-    "x64": Architecture.X86_64,
-    "i386": Architecture.I686,
-    "i486": Architecture.I686,
-    "i586": Architecture.I686,
-    "x86": Architecture.I686,
-    "arm64": Architecture.AARCH64,
-    "ppc64el": Architecture.PPC64LE,
-    "ppc64": Architecture.PPC64LE,
+# Spellings in media names, metadata, URLs and Debian/RPM/SUSE/BSD arch names -> osinfo-db
+# <arch>. Debian volume ids truncate ppc64el to "p64el"; RPM trees write "armhfp" and the
+# x86-64 microarchitecture levels ("x86_64_v2").
+_SPELLINGS: dict[str, str] = {
+    "amd64": "x86_64",
+    "x86-64": "x86_64",
+    "x64": "x86_64",
+    "x86_64_v2": "x86_64",
+    "x86_64_v3": "x86_64",
+    "x86_64_v4": "x86_64",
+    "i386": "i686",
+    "i486": "i686",
+    "i586": "i686",
+    "x86": "i686",
+    "arm64": "aarch64",
+    "armhf": "armv7l",
+    "armhfp": "armv7l",
+    "armv7": "armv7l",
+    "armv7hl": "armv7l",
+    "armv7hnl": "armv7l",
+    "armel": "armv6l",
+    "ppc64el": "ppc64le",
+    "p64el": "ppc64le",
+    "loong64": "loongarch64",
+    "hppa": "parisc",
+    "sparc": "sparc64",
 }
+
+# osinfo-db's arch names (the values of <media arch=...>/<tree arch=...>).
+OSINFO_ARCHES = frozenset(
+    {"x86_64", "i686", "aarch64", "armv7l", "armv6l", "ppc64le", "ppc64", "ppc", "s390x",
+     "riscv64", "loongarch64", "mips64el", "ia64", "parisc", "sparc64", "alpha"}
+)  # fmt: skip
+
+# Only for the guests treeboot boots: a big-endian ppc64 request runs as ppc64le.
+_GUEST_ALIASES = {"ppc64": "ppc64le"}
+
+
+def norm_arch(name: str) -> str:
+    """Any spelling (``amd64``, ``X86_64_V2 ``, ``i586``, ``armhfp``) -> the osinfo arch name;
+    an unknown word comes back stripped and lower-cased."""
+    key = name.strip().lower()
+    return _SPELLINGS.get(key, key)
+
+
+def osinfo_arch(name: str | None) -> str | None:
+    """:func:`norm_arch` when ``name`` is an arch spelling at all, else None (``"docs"``)."""
+    if not name:
+        return None
+    arch = norm_arch(name)
+    return arch if arch in OSINFO_ARCHES else None
+
+
+def arch_spellings(arch: str) -> tuple[str, ...]:
+    """Every spelling :func:`norm_arch` maps to ``arch``, the osinfo name first."""
+    return (arch, *(k for k, v in _SPELLINGS.items() if v == arch))
 
 _QEMU_BINARY = {
     Architecture.X86_64: "qemu-system-x86_64",

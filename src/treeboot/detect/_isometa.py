@@ -12,7 +12,7 @@ import contextlib
 import re
 from dataclasses import dataclass, field
 
-from treeboot.arch import Architecture
+from treeboot.arch import osinfo_arch
 from treeboot.detect.metadata import (
     parse_disk_info,
     parse_one_version,
@@ -22,7 +22,7 @@ from treeboot.detect.metadata import (
 from treeboot.detect.osinfo import OsinfoDB
 from treeboot.detect.rules import load_rules
 from treeboot.detect.treeinfo import OsGuess, guess_os, parse_treeinfo, select_images
-from treeboot.errors import MetadataError, TreebootError, UsageError
+from treeboot.errors import MetadataError, TreebootError
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,6 @@ class MediaFacts:
     checksums: dict[str, str] = field(default_factory=dict)  # path -> "algo:hex"
     extra: dict[str, str] = field(default_factory=dict)
     os: OsGuess | None = None  # osinfo naming, where the file says enough (.treeinfo)
-
-
-def norm_arch(name: str | None) -> str | None:
-    if not name:
-        return None
-    try:
-        return str(Architecture.from_name(name))
-    except UsageError:
-        return {"armhf": "armv7l", "armel": "armv6l"}.get(name.strip().lower())
 
 
 # Release names as .disk/info and SUSE content write them -> osinfo <distro>.
@@ -89,7 +80,7 @@ def from_treeinfo(text: str, source: str, *, arch: str | None, db: OsinfoDB) -> 
     with contextlib.suppress(TreebootError):  # no usable [images-*]: other evidence decides
         got, kernel, initrd = select_images(ti, arch, rules, source)
         images[got] = (kernel, initrd)
-    own = norm_arch(ti.arch)
+    own = osinfo_arch(ti.arch)
     guess = guess_os(ti, arch or own, db, rules)
     return MediaFacts(
         source=source,
@@ -110,7 +101,7 @@ def from_disk_info(text: str, source: str = ".disk/info") -> MediaFacts:
     if info is None:
         line = text.strip().splitlines()[0] if text.strip() else ""
         return MediaFacts(source, distro=distro_of(line), name=line or None)
-    arch = next((a for w in info.words if (a := norm_arch(w))), None)
+    arch = next((a for w in info.words if (a := osinfo_arch(w))), None)
     codename = f" ({info.codename})" if info.codename else ""
     extra = {"disk_info": info.line}
     if info.first_codename_word:
@@ -131,7 +122,7 @@ def from_suse_content(text: str, source: str = "content") -> MediaFacts:
     if content is None:
         return MediaFacts(source)
     distro = next((d for n in content.names if (d := distro_of(n))), None)
-    arch = next((a for w in content.arches if (a := norm_arch(w))), None)
+    arch = next((a for w in content.arches if (a := osinfo_arch(w))), None)
     checksums = {p: f"sha256:{h}" for p, h in content.sha256.items()}
     return MediaFacts(source, distro, content.label, content.version, arch, checksums=checksums)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from treeboot.arch import norm_arch
 from treeboot.detect._probe import Probe
 from treeboot.detect.metadata import (
     is_text,
@@ -148,7 +149,7 @@ def checked(pair: KernelPair, source: str) -> KernelPair:
 
 
 def host_arch(rules: Rules) -> str:
-    return rules.norm_arch(platform.machine())
+    return norm_arch(platform.machine())
 
 
 def pick_arch(ctx: Context, offered: Sequence[str], where: str) -> str:
@@ -209,15 +210,15 @@ def _url_arch(ctx: Context) -> str | None:
     for i, seg in enumerate(segs):
         m = re.fullmatch(r"installer-([a-z0-9]+)", seg)
         if m:
-            return ctx.rules.norm_arch(m.group(1))
+            return norm_arch(m.group(1))
         if seg == "daily-images" and i > 0:
-            return ctx.rules.norm_arch(segs[i - 1])
+            return norm_arch(segs[i - 1])
     return None
 
 
 def _sums_arch(ctx: Context, sums: dict[str, str], installer_dir: str) -> str | None:
     found = {m.group(1) for p in sums if (m := re.match(rf"netboot/{installer_dir}/([^/]+)/", p))}
-    return ctx.rules.norm_arch(found.pop()) if len(found) == 1 else None
+    return norm_arch(found.pop()) if len(found) == 1 else None
 
 
 def _url_release(ctx: Context, distro: str) -> str | None:
@@ -319,7 +320,7 @@ def _disk_info(ctx: Context) -> Finding | None:
     arches = set(ctx.rules.debian_arches) | set(ctx.rules.debian_arches.values())
     word = next((w for w in info.words if w.lower() in arches), None)
     arch = ctx.need_arch(
-        ctx.check_arch(word and ctx.rules.norm_arch(word), ".disk/info"),
+        ctx.check_arch(word and norm_arch(word), ".disk/info"),
         f".disk/info ({info.line!r})",
     )
     version = info.version
@@ -383,7 +384,7 @@ def _suse_content(ctx: Context) -> Finding | None:
     content = parse_suse_content(text) if text else None
     if content is None:
         return None
-    offered = [ctx.rules.norm_arch(a) for a in content.arches]
+    offered = [norm_arch(a) for a in content.arches]
     arch = pick_arch(ctx, list(dict.fromkeys(offered)), "content")
     version = _suse_version(ctx, content.version)
     guess = name_os(ctx, _suse_distro(ctx, content.names, version), version)
@@ -446,9 +447,7 @@ def _mageia(ctx: Context) -> Finding | None:
     info = parse_mageia_version(text) if text else None
     if info is None:
         return None
-    arch = ctx.need_arch(
-        ctx.check_arch(info.arch and ctx.rules.norm_arch(info.arch), "VERSION"), "VERSION"
-    )
+    arch = ctx.need_arch(ctx.check_arch(info.arch and norm_arch(info.arch), "VERSION"), "VERSION")
     cands = list(kernels_for(ctx.rules.mageia_kernels, arch))
     if not cands:
         raise DetectionError(

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from treeboot.arch import norm_arch
 from treeboot.detect._layouts import LAYOUTS, Context, Finding, Resolved
 from treeboot.detect._probe import Probe
 from treeboot.detect.metadata import parse_disk_info
@@ -148,7 +149,7 @@ def identify_tree(
     """
     rules = load_rules()
     overrides = _check_overrides(kernel, initrd)
-    want = rules.norm_arch(arch) if arch else None
+    want = norm_arch(arch) if arch else None
     probe = Probe(loc, canary=rules.probe_canary)
     probe.fetch(rules.probe_reads, rules.probe_exists)
     ctx = Context(loc.url, probe, rules, db or load_osinfo(), want)

@@ -25,8 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from treeboot.arch import norm_arch, osinfo_arch
 from treeboot.artifacts.kernel import parse_kernel
 from treeboot.detect import _isometa as meta
+from treeboot.detect import _volnaming as naming
+from treeboot.detect import _volpatterns as vol
 from treeboot.detect.bootcfg import BootConfig, read_boot_config
 from treeboot.detect.osinfo import MediaMatch, MediaRule, OsEntry, OsinfoDB, load_osinfo
 from treeboot.detect.rules import load_rule_table, load_rules
@@ -184,14 +187,14 @@ def _find_layout(probe: _Probe, arch: str | None) -> _LayoutHit | None:
                 return _LayoutHit(rule, None, None, rule.arch)
             continue
         for k_arch, kernel in _expand(probe, rule.kernel):
-            if arch and k_arch and meta.norm_arch(k_arch) != arch:
+            if arch and k_arch and osinfo_arch(k_arch) != arch:
                 continue
             initrd = next(
                 (p for a, p in _expand(probe, rule.initrd) if a == k_arch and probe.exists(p)), None
             )
             if initrd:
                 probe.used(kernel)
-                return _LayoutHit(rule, kernel, initrd, rule.arch or meta.norm_arch(k_arch))
+                return _LayoutHit(rule, kernel, initrd, rule.arch or osinfo_arch(k_arch))
     return None
 
 
@@ -207,7 +210,7 @@ def _expand(probe: _Probe, patterns: tuple[str, ...]) -> list[tuple[str | None, 
         prefix = pattern.split("{arch}", 1)[0].rstrip("/")
         for name in probe.loc.listdir(prefix) or []:
             path = pattern.replace("{arch}", name)
-            if meta.norm_arch(name) and probe.exists(path):
+            if osinfo_arch(name) and probe.exists(path):
                 out.append((name, path))
     return out
 
@@ -229,7 +232,7 @@ def identify_iso(
     when the image is neither known nor bootable.
     """
 
-    arch = meta.norm_arch(arch) if arch else None
+    arch = norm_arch(arch) if arch else None
     info = loc.info
     probe = _Probe(loc)
     db = db or load_osinfo()
@@ -241,16 +244,44 @@ def identify_iso(
             hint=f"drop --arch or pass --arch {content_arch}",
         )
     layout = _find_layout(probe, arch or content_arch)
-    matches = match_media(db, info, arch)
     want_arch = arch or content_arch or (layout.arch if layout else None)
-    match = _pick_match(matches, want_arch)
+    matches, match, learnt = name_descriptor(db, info, want_arch, filter_arch=arch)
     boot = read_boot_config(probe.read, loc.listdir)
     return _assemble(
-        _Inputs(loc, probe, facts, layout, match, matches, boot, db),
-        arch=want_arch or (match.media.arch if match and match.media.arch != "all" else None),
+        _Inputs(loc, probe, facts, layout, match, matches, boot, db, learnt),
+        arch=want_arch
+        or (learnt.arch if learnt else None)
+        or (match.media.arch if match and match.media.arch != "all" else None),
         kernel=kernel,
         initrd=initrd,
     )
+
+
+def name_descriptor(
+    db: OsinfoDB, info: IsoInfo, arch: str | None = None, *, filter_arch: str | None = None
+) -> tuple[list[MediaMatch], MediaMatch | None, naming.VolumeNaming | None]:
+    """Name the OS from the primary volume descriptor alone: ``(all osinfo-db matches, the
+    chosen one, the learnt naming)``, at most one of the last two set.
+
+    osinfo-db's own rules first; patterns learnt from them (:mod:`._volpatterns`) for a
+    release the database does not list, or when its only match is a placeholder
+    (``rhel9-unknown``) although the descriptor spells the version. ``filter_arch`` restricts
+    the rules (an ``--arch`` request), ``arch`` only prefers.
+    """
+    matches = match_media(db, info, filter_arch)
+    match = _pick_match(matches, arch)
+    values = {
+        "volume_id": info.volume_id,
+        "system_id": info.system_id,
+        "publisher_id": info.publisher,
+        "application_id": info.application_id,
+    }
+    hits = [h for h in vol.match_patterns(db, values) if not arch or h.arch in (None, arch)]
+    learnt = next((n for h in hits if (n := naming.name_hit(db, h)) is not None), None)
+    exact = match.entry if match and not match.entry.is_placeholder else None
+    if naming.prefer_learnt(learnt, exact):
+        return matches, None, learnt
+    return matches, match, None
 
 
 def _pick_match(matches: list[MediaMatch], arch: str | None) -> MediaMatch | None:
@@ -260,7 +291,7 @@ def _pick_match(matches: list[MediaMatch], arch: str | None) -> MediaMatch | Non
         for m in matches:
             if m.media.arch in (arch, "all"):
                 return m
-    host = meta.norm_arch(platform.machine())
+    host = osinfo_arch(platform.machine())
     best = [m for m in matches if _specificity(m.media) == _specificity(matches[0].media)]
     for preferred in (host, "x86_64"):
         for m in best:
@@ -279,6 +310,7 @@ class _Inputs:
     matches: list[MediaMatch]
     boot: BootConfig
     db: OsinfoDB
+    learnt: naming.VolumeNaming | None = None
 
 
 def _assemble(
@@ -292,7 +324,8 @@ def _assemble(
     if arch is None and kernel:
         arch = _kernel_arch(x.loc, kernel)
     os_entry, short_id = _os_entry(x)
-    distro = (os_entry.distro if os_entry else None) or _first(x.facts, "distro")
+    distro = _learnt(x, "distro") or (os_entry.distro if os_entry else None)
+    distro = distro or _first(x.facts, "distro")
     distro = distro or (x.layout.rule.distro if x.layout else None)
     marker_only = x.layout is not None and x.layout.kernel is None
     if os_entry is None and short_id is None and kernel is None and not marker_only:
@@ -300,6 +333,8 @@ def _assemble(
     boot_args = list(entry.args) if entry else []
     boot_args, relabelled = _fix_labels(boot_args, info.volume_id)
     extra: dict[str, Any] = {"iso": info.to_json(), "kernel_source": source}
+    if x.learnt:
+        extra["osinfo_learnt_from"] = x.learnt.learnt_from
     if x.match:
         extra["osinfo_media"] = _rule_json(x.match)
         others = sorted({m.entry.short_id for m in x.matches} - {x.match.entry.short_id})
@@ -324,14 +359,14 @@ def _assemble(
         media=Media.ISO,
         os=os_entry.short_id if os_entry else short_id,
         family=distro,
-        name=(os_entry.name if os_entry else None) or _first(x.facts, "name"),
-        version=(os_entry.version if os_entry else None) or _first(x.facts, "version"),
+        name=_learnt(x, "name") or (os_entry.name if os_entry else None) or _first(x.facts, "name"),
+        version=_version(x, os_entry),
         arch=arch,
         installer=_installer(x.layout, distro, kernel),
         kernel=kernel,
         initrd=initrd,
         checksums=checksums,
-        evidence=(["iso9660:volume-descriptor"] if x.match else []) + probe.evidence,
+        evidence=_descriptor_evidence(x) + probe.evidence,
         known_to_database=os_entry is not None,
         needs=list(_NEEDS),
         boot_args=boot_args,
@@ -375,8 +410,30 @@ def _kernel_initrd(
     return kernel, initrd, None
 
 
+def _descriptor_evidence(x: _Inputs) -> list[str]:
+    if x.learnt:
+        return list(x.learnt.evidence)
+    return ["iso9660:volume-descriptor"] if x.match else []
+
+
+def _version(x: _Inputs, os_entry: OsEntry | None) -> str | None:
+    """The descriptor's version, or the content's where it says the same in more detail
+    (``.disk/info`` 12.4.0 for ``Debian 12...``)."""
+    content = _first(x.facts, "version")
+    learnt = _learnt(x, "version")
+    if learnt and content and naming.compatible(learnt, content) and len(content) > len(learnt):
+        return str(content)
+    return learnt or (os_entry.version if os_entry else None) or content
+
+
+def _learnt(x: _Inputs, attr: str) -> Any:
+    return getattr(x.learnt, attr) if x.learnt else None
+
+
 def _os_entry(x: _Inputs) -> tuple[OsEntry | None, str | None]:
     """The osinfo entry (volume descriptor match, else named from content) and short id."""
+    if x.learnt:
+        return x.learnt.entry, x.learnt.short_id
     if x.match:
         return x.match.entry, x.match.entry.short_id
     guess = next((f.os for f in x.facts if f.os and f.os.short_id), None)  # .treeinfo

@@ -498,6 +498,11 @@ def _fingerprint(paths: Sequence[str]) -> str:
     return h.hexdigest()[:24]
 
 
+def index_key(paths: Sequence[str]) -> str:
+    """What the cached index of ``paths`` is keyed by (changes with any XML file)."""
+    return _fingerprint(paths)
+
+
 def cache_dir() -> Path:
     root = os.environ.get("TREEBOOT_CACHE") or platformdirs.user_cache_dir("treeboot")
     return Path(root) / "osinfo"

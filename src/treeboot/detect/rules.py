@@ -85,7 +85,6 @@ class Rules:
     installers: Mapping[str, InstallerRule]
     treeinfo_families: tuple[PatternRule, ...]
     installer_hints: tuple[InstallerHint, ...]
-    arches: Mapping[str, str]
     debian_arches: Mapping[str, str]
     codenames: Mapping[str, Mapping[str, str]]
     suites: Mapping[str, str]
@@ -103,11 +102,6 @@ class Rules:
     mageia_kernels: KernelTable
     archiso: ArchisoRule
     alpine: AlpineRule
-
-    def norm_arch(self, name: str) -> str:
-        """Any spelling (``amd64``, ``i586``, ``x86_64_v2``) -> the osinfo/Linux arch name."""
-        key = name.strip().lower()
-        return self.arches.get(key, key)
 
     def debian_arch(self, arch: str) -> str:
         return self.debian_arches.get(arch, arch)
@@ -180,7 +174,6 @@ def load_rules() -> Rules:
         installers=_installers(d["installers"]),
         treeinfo_families=_patterns(d["treeinfo_families"]),
         installer_hints=hints,
-        arches=dict(d["arches"]),
         debian_arches=dict(d["debian_arches"]),
         codenames={k: dict(v) for k, v in d["codenames"].items()},
         suites=dict(d["suites"]),

@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from treeboot.arch import norm_arch
 from treeboot.detect.osinfo import (
     OsEntry,
     OsinfoDB,
@@ -118,17 +119,17 @@ def select_images(
     ``arch`` (osinfo spelling) defaults to the tree's own; ``images-x86_64_v2`` serves
     ``x86_64``. Paths are checked (no ``..``, not absolute): MetadataError otherwise.
     """
-    own = rules.norm_arch(ti.arch) if ti.arch else None
+    own = norm_arch(ti.arch) if ti.arch else None
     want = arch or own
     sections = [s for s in ti.images if s != "xen"]
     if want is None:
         if len(sections) != 1:
             raise MetadataError(f"{source} names no arch and has images for {sections or 'none'}")
-        want = rules.norm_arch(sections[0])
+        want = norm_arch(sections[0])
     ordered = sorted(sections, key=lambda s: s != ti.arch)  # the tree's own spelling first
-    section = next((s for s in ordered if rules.norm_arch(s) == want), None)
+    section = next((s for s in ordered if norm_arch(s) == want), None)
     if section is None:
-        have = ", ".join(rules.norm_arch(s) for s in sections) or "none"
+        have = ", ".join(norm_arch(s) for s in sections) or "none"
         if arch and own and arch != own:
             raise DetectionError(
                 f"{source}: this tree is for {own}, not {arch} (images for: {have})",
@@ -167,6 +168,12 @@ class OsGuess:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def _variant_text(ti: TreeInfo) -> str:
+    """Where a tree names its edition: ``variant``/``[tree] variants``, else the family or
+    ``[release] name`` itself ("Fedora-Silverblue")."""
+    return " ".join(t for t in (ti.variant, ti.family, ti.name) if t)
+
+
 def _variant_ok(rule: TreeRule, variant: str | None) -> bool:
     return rule.treeinfo_variant is None or regex_search(rule.treeinfo_variant, variant)
 
@@ -190,7 +197,7 @@ def guess_os(ti: TreeInfo, arch: str | None, db: OsinfoDB, rules: Rules) -> OsGu
         for r in e.trees
         if r.treeinfo_family
         and regex_search(r.treeinfo_family, ti.family)
-        and _variant_ok(r, ti.variant)
+        and _variant_ok(r, _variant_text(ti))
     ]
     fam = [x for x in fam if regex_fullmatch(x[1].treeinfo_family, ti.family)] or fam
     hits = [
@@ -204,6 +211,9 @@ def guess_os(ti: TreeInfo, arch: str | None, db: OsinfoDB, rules: Rules) -> OsGu
         return OsGuess(e.short_id, e.distro, e.name, ti.version or e.version, True, e)
     placeholder = next((e.short_id for e, _ in hits if e.is_placeholder), None)
     notes = {"osinfo_match": placeholder} if placeholder else {}
+    # An edition osinfo-db models as its own OS (Silverblue, Kinoite) has variant-specific
+    # rules: they name the series, not the family's plain entries.
+    fam = [x for x in fam if x[1].treeinfo_variant is not None] or fam
     distros = Counter(e.distro for e, _ in fam if e.distro)
     distro = distros.most_common(1)[0][0] if distros else None
     if distro is None:
@@ -242,7 +252,7 @@ def match_treeinfo(
     """Parse ``text`` and resolve it (see the module docstring). ``arch``: osinfo spelling."""
     rules = load_rules()
     ti = parse_treeinfo(text, source)
-    arch = rules.norm_arch(arch) if arch else None
+    arch = norm_arch(arch) if arch else None
     arch, kernel, initrd = select_images(ti, arch, rules, source)
     guess = guess_os(ti, arch, db or load_osinfo(), rules)
     installer = rules.installer_for_distro(guess.distro) or rules.installer_for_kernel(kernel)
