@@ -67,6 +67,7 @@ def identify_and_fetch(
         insecure=request.insecure,
         require_signature=request.require_signature,
         keyring=request.keyring,
+        progress=request.progress,
     )
     kernel = local_kernel or result.kernel.path
     initrd = local_initrd or result.initrd.path
@@ -257,8 +258,11 @@ def guest_network(
         return NetworkPlan("none"), None
     from treeboot.boot import serve
 
-    guest_url, port = serve.rewrite_for_guest(ident.location)
-    if port is not None:
+    # A URL with credentials is never forwarded: they would be in the guest's kernel command
+    # line (which `ps` shows); treeboot's server proxies the tree, the guest sees no password.
+    credentials = urllib.parse.urlsplit(ident.location).username is not None
+    guest_url, port = (None, None) if credentials else serve.rewrite_for_guest(ident.location)
+    if port is not None and guest_url is not None:
         return NetworkPlan("user", serve.guest_netdev_args(port, "user")), guest_url
     if request.wait == 0:
         raise UsageError(

@@ -109,6 +109,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         require_signature=args.require_signature,
         keyring=args.keyring.resolve() if args.keyring else None,
         force=args.force,
+        progress=False if args.quiet else None,
     )
     warn_insecure(args)
     out = None if args.json else sys.stdout.buffer

@@ -21,7 +21,7 @@ import httpx
 
 from treeboot._version import __version__
 from treeboot.errors import IsoError, LocationError
-from treeboot.locate.base import Progress
+from treeboot.locate.base import Cancelled, Progress
 
 _CACHE_BLOCK = 64 * 1024
 _MAX_READAHEAD_BLOCKS = 16  # 1 MiB per request when pycdlib walks directories sequentially
@@ -39,8 +39,11 @@ class Source:
     bytes_requested: int = 0  # what callers asked for (logical reads)
 
     _lock: threading.Lock
+    cancelled: bool = False  # set by IsoLocation.cancel(): the next chunk raises Cancelled
 
     def _count(self, transferred: int, requested: int = 0) -> None:
+        if self.cancelled:
+            raise Cancelled()
         with self._lock:
             self.bytes_transferred += transferred
             self.bytes_requested += requested
