@@ -8,7 +8,6 @@ files from :mod:`treeboot.prepare.unattended`.
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from treeboot.arch import Architecture
 from treeboot.boot.backends.qemu import quote_cmdline
 from treeboot.boot.plan import BootPlan, DiskPlan, NetworkPlan, VMPaths
 from treeboot.errors import (
-    BootError,
     DetectionError,
     KernelImageError,
     TreebootError,
@@ -212,7 +210,7 @@ def disk_plan(
                 f"--disk {request.disk}: {path} exists and would be overwritten",
                 hint="add --force to overwrite it, or drop size= to use it as it is",
             )
-        return DiskPlan(path, req.format or _image_format(path))
+        return DiskPlan(path, req.format or _unprobed_format(path, request.disk))
     fmt = req.format or "qcow2"
     size = req.size_gib or disk_size(ident, arch)
     plan = DiskPlan(path, fmt, size, create=True, overwrite=path.exists())
@@ -229,13 +227,27 @@ def create_disk(disk: DiskPlan) -> None:
     run([find_binary("qemu-img"), "create", "-q", "-f", disk.format, str(disk.path), size])
 
 
-def _image_format(path: Path) -> str:
-    proc = run([find_binary("qemu-img"), "info", "-U", "--output=json", str(path)])
+_QCOW_MAGIC = b"QFI\xfb"  # docs/interop/qcow2.txt: the first 4 bytes of a qcow2 image
+
+
+def _unprobed_format(path: Path, spec: str | None) -> str:
+    """An existing image without ``format=`` is raw: never probed (a guest can write a qcow2
+    header with a backing file into a raw image and so read host files; libvirt refuses to
+    probe for this reason). A file that starts like qcow2 is refused rather than booted raw,
+    which would corrupt it: the user says which it is."""
     try:
-        fmt = json.loads(proc.stdout)["format"]
-    except (ValueError, KeyError) as e:
-        raise BootError(f"qemu-img info {path}: unexpected output") from e
-    return str(fmt)
+        with open(path, "rb") as f:
+            head = f.read(len(_QCOW_MAGIC))
+    except OSError as e:
+        raise UsageError(f"--disk {spec}: cannot read {path}: {e.strerror}") from e
+    if head == _QCOW_MAGIC:
+        raise UsageError(
+            f"--disk {spec}: {path} starts with a qcow2 header; treeboot does not guess image"
+            " formats",
+            hint=f"if you made it as qcow2, say so: --disk path={path},format=qcow2"
+            " (or format=raw if it is a raw disk a guest wrote this header into)",
+        )
+    return "raw"
 
 
 # -- network ------------------------------------------------------------------------------

@@ -20,10 +20,10 @@ _CHUNK = 1 << 20
 
 
 def gunzip_matching(part: Path, expected: str, limit: int) -> tuple[Path, int] | None:
-    """The decoded copy of ``part`` (beside it, ``*-decoded.part``) and its size, if it is
-    gzip data that decodes to at most ``limit`` bytes with sha256 ``expected``; else None
-    (and no copy is left behind)."""
-    out = part.with_name(part.stem + "-decoded.part")
+    """The decoded copy of ``part`` (beside it, ``.<key>.gunzip.tmp``: a name ``cache prune``
+    leaves alone while it is young) and its size, if it is gzip data that decodes to at most
+    ``limit`` bytes with sha256 ``expected``; else None (and no copy is left behind)."""
+    out = part.with_name(f".{part.stem}.gunzip.tmp")
     sha = hashlib.sha256()
     size = 0
     try:

@@ -67,13 +67,21 @@ class HttpLocation(TreeLocation):
         self.retry = retry or RetryPolicy()
         self._deadline = None if max_time is None else time.monotonic() + max_time
         self._clients: dict[str, httpx.Client] = {}
+        self._retired: list[httpx.Client] = []  # pools of stale connections, closed at close()
         self._clients_lock = threading.Lock()
 
-    def _client(self, url: str) -> httpx.Client:
-        """One keep-alive client per scheme; TLS trust is loaded only once https is used."""
+    def _client(self, url: str, stale: httpx.Client | None = None) -> httpx.Client:
+        """One keep-alive client per scheme; TLS trust is loaded only once https is used.
+
+        ``stale``: that client's pool holds connections the server dropped (a load
+        balancer closes idle ones all at once): a new pool replaces it, so that the retry goes
+        out on a new connection. Requests still streaming on the old one finish there."""
         scheme = urlsplit(url).scheme.lower()
         with self._clients_lock:
             client = self._clients.get(scheme)
+            if client is not None and client is stale:
+                self._retired.append(client)
+                client = None
             if client is None:
                 verify: ssl.SSLContext | bool = False
                 if scheme == "https" and not self.insecure:
@@ -93,7 +101,8 @@ class HttpLocation(TreeLocation):
 
     def close(self) -> None:
         with self._clients_lock:
-            clients, self._clients = list(self._clients.values()), {}
+            clients, self._clients = [*self._clients.values(), *self._retired], {}
+            self._retired = []
         for client in clients:
             client.close()
 
@@ -141,15 +150,16 @@ class HttpLocation(TreeLocation):
     def _send(self, method: str, url: str, headers: dict[str, str] | None) -> httpx.Response:
         """One request, retried by the policy (module :mod:`treeboot.locate._retry`)."""
         attempt, reconnected = 0, False
+        stale: httpx.Client | None = None
         while True:
             attempt += 1
             try:
-                resp = self._send_once(method, url, headers)
+                resp = self._send_once(method, url, headers, stale)
             except _ResetBeforeAnswer as e:
                 if reconnected:
                     msg = f"{method} {redact(url)} failed: {e}"
                     raise LocationError(msg, hint=_NET_HINT) from e
-                reconnected = True  # a stale pooled connection: once more, on a new one
+                reconnected, stale = True, e.client  # once more, on a new connection
                 notice(f"{method} {redact(url)}: connection closed without an answer; retrying")
                 continue
             if resp.status_code not in RETRY_STATUSES:
@@ -170,16 +180,18 @@ class HttpLocation(TreeLocation):
                    f" {self.retry.attempts})")  # fmt: skip
             self._pause(delay)
 
-    def _send_once(self, method: str, url: str, headers: dict[str, str] | None) -> httpx.Response:
+    def _send_once(
+        self, method: str, url: str, headers: dict[str, str] | None, stale: httpx.Client | None
+    ) -> httpx.Response:
+        client = self._client(url, stale)
         try:
-            client = self._client(url)
             return client.send(client.build_request(method, url, headers=headers), stream=True)
         except httpx.TimeoutException as e:
             raise StallError(
                 f"{method} {redact(url)}: timed out after {self.timeout:g} s", hint=_NET_HINT
             ) from e
         except _RESETS as e:
-            raise _ResetBeforeAnswer(str(e) or type(e).__name__) from e
+            raise _ResetBeforeAnswer(str(e) or type(e).__name__, client) from e
         except httpx.HTTPError as e:
             raise LocationError(f"{method} {redact(url)} failed: {e}", hint=_NET_HINT) from e
 
@@ -326,7 +338,11 @@ class HttpLocation(TreeLocation):
 
 
 class _ResetBeforeAnswer(Exception):
-    """The connection was closed or reset before a status line arrived."""
+    """The connection was closed or reset before a status line arrived (on ``client``)."""
+
+    def __init__(self, message: str, client: httpx.Client) -> None:
+        super().__init__(message)
+        self.client = client
 
 
 def _finish(resp: httpx.Response) -> None:

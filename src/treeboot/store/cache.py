@@ -326,7 +326,10 @@ class Cache:
     def _prune_tmp(self, report: PruneReport, everything: bool, cutoff: float | None) -> None:
         for part in sorted(self.tmp.glob("*.part")):
             key = part.name.removesuffix(".part")
-            stale = cutoff is not None and part.stat().st_mtime < cutoff
+            try:  # a fetch may commit (rename) or discard it under us
+                stale = cutoff is not None and part.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
             if not (everything or stale):
                 continue  # kept so that the next fetch resumes it
             with self.lock(key, blocking=False) as got:
@@ -338,7 +341,11 @@ class Cache:
         for stray in sorted(self.tmp.iterdir()):
             if stray.suffix == ".json" and stray.with_suffix(".part").exists():
                 continue
-            if stray.name.startswith(".") and time.time() - stray.stat().st_mtime < 3600:
+            try:
+                young = time.time() - stray.stat().st_mtime < 3600
+            except FileNotFoundError:
+                continue  # renamed into place meanwhile
+            if stray.name.startswith(".") and young:
                 continue  # an index being written right now
             if stray.suffix != ".part":
                 self._remove(stray, report)
