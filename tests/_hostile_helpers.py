@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from _hostile_server import HostileServer
 from test_hostile import treeinfo, write_tree
+
+from _hostile_server import HostileServer
 
 
 def random_tree(base: Path, kernel_size: int, initrd_size: int) -> Path:

@@ -16,6 +16,7 @@ from _hostile_server import (
     _data,
     _first_truncated_then,
     etag,
+    flaky_503,
     serve_file,
     stall_before_headers,
 )
@@ -26,13 +27,6 @@ def flaky_429_date(h: HostileHandler, file: Path, rel: str) -> None:
     if h.nth == 1:
         when = email.utils.formatdate(time.time() + 2, usegmt=True)
         h.plain(429, b"slow down\n", {"Retry-After": when})
-    else:
-        serve_file(h, file, rel)
-
-
-def flaky_503(h: HostileHandler, file: Path, rel: str) -> None:
-    if h.nth == 1:
-        h.plain(503, b"busy\n", {"Retry-After": "1"})
     else:
         serve_file(h, file, rel)
 
@@ -88,6 +82,7 @@ def gzip_label(h: HostileHandler, file: Path, rel: str) -> None:
 MODES.update({
     "flaky-429-date": Mode(flaky_429_date, "artifacts"),
     "flaky-503-metadata": Mode(flaky_503, "metadata"),
+    "flaky-503-any": Mode(flaky_503, "all"),
     "retry-after-a-day": Mode(retry_after_a_day, "artifacts"),
     "stale-keepalive": Mode(stale_keepalive, "all"),
     "range-full-206": Mode(_first_truncated_then(range_full_206), "artifacts"),

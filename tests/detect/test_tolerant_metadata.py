@@ -45,18 +45,20 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKey]:
     k.close()
 
 
-def junk_tree(root: Path, sums: bytes, key: TestKey | None = None) -> str:
-    """A Debian tree whose MANIFEST has non-UTF-8 bytes and a junk line, and whose SHA256SUMS
-    is ``sums`` (listed in a Release signed by ``key``, if given); its URL."""
+def junk_tree(
+    root: Path, sums: bytes, key: TestKey | None = None, *, manifest_junk: bool = False
+) -> str:
+    """A Debian tree whose SHA256SUMS is ``sums`` (listed in a Release signed by ``key``, if
+    given) and, with ``manifest_junk``, whose MANIFEST has non-UTF-8 bytes and a junk line;
+    its URL."""
     tree = make_debian_tree(root, None, mode="none", kernel=KERNEL, initrd=INITRD)
     images = tree.sums.parent
     manifest = images / "MANIFEST"
-    text = manifest.read_bytes() if manifest.is_file() else b""
-    manifest.write_bytes(
-        text.replace(b"Linux kernel", b"Linux kernel \xe9\xff (\xa0build\xa1)", 1)
-        + JUNK_MANIFEST
-        + b"netboot/debian-installer/amd64/linux -- Linux kernel \xc3\x28 for netboot\n"
-    )
+    if manifest_junk:
+        text = manifest.read_bytes() if manifest.is_file() else b""
+        text = text.replace(b"Linux kernel", b"Linux kernel \xe9\xff (\xa0build\xa1)", 1)
+        junk_line = b"netboot/debian-installer/amd64/linux -- Linux kernel \xc3\x28 for netboot\n"
+        manifest.write_bytes(text + JUNK_MANIFEST + junk_line)
     tree.sums.write_bytes(sums)
     if key is not None:
         release = release_text({"main/installer-amd64/current/images/SHA256SUMS": sums})
@@ -69,7 +71,7 @@ def good_sums() -> bytes:
 
 
 def test_manifest_with_non_utf8_bytes_and_a_junk_line_is_a_debian_tree(tmp_path: Path) -> None:
-    ident = identify(junk_tree(tmp_path, good_sums()))
+    ident = identify(junk_tree(tmp_path, good_sums(), manifest_junk=True))
     assert ident.os and ident.os.startswith("debian"), ident
     assert ident.installer == "debian-installer"
 

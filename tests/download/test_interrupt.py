@@ -289,3 +289,15 @@ def test_sigint_stops_install_in_its_fetch_stage(
                 "--dry-run", "--disk", "none", "--accel", "tcg"]  # fmt: skip
         _interrupt_mid_download(args, srv, cache, signal.SIGINT)
         _rerun_resumes(args, srv, cache, debian_root)
+
+
+@pytest.mark.timeout(300)
+def test_sigint_stops_explain_in_its_fetch_stage(debian_root: Path, tmp_path: Path) -> None:
+    from test_hostile import needs_cli
+
+    needs_cli("explain")
+    cache = tmp_path / "cache"
+    with hostile_server(debian_root) as srv:
+        args = ["explain", srv.url("ok", DEBIAN_REL)]
+        _interrupt_mid_download(args, srv, cache, signal.SIGINT)
+        _rerun_resumes(args, srv, cache, debian_root)

@@ -238,3 +238,19 @@ def test_malformed_url_is_a_usage_error(cache_root: Path, command: str, url: str
     assert proc.returncode == 2, proc.stderr
     assert_clear_cli_error(proc)
     assert len([ln for ln in proc.stderr.splitlines() if "error:" in ln]) == 1, proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_iso_over_http_follows_the_same_retry_policy(tmp_path: Path) -> None:
+    from _iso_helpers import build_iso
+    from treeboot.locate.open import open_location
+
+    iso = build_iso(tmp_path / "srv" / "m.iso", {"hello.txt": b"hello\n"}, volume_id="TEST")
+    srv = HostileServer(iso.parent).start()
+    try:
+        with open_location(srv.url("flaky-503-any", "m.iso"), timeout=TIMEOUT) as loc:
+            assert loc.read("hello.txt") == b"hello\n"
+        assert len(srv.state.requests_for("/flaky-503-any/m.iso")) >= 2
+        assert srv.state.requests_for("/flaky-503-any/m.iso")[0].headers.get("Range")
+    finally:
+        srv.close()

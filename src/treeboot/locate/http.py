@@ -309,7 +309,7 @@ class HttpLocation(TreeLocation):
                             hint="the server is broken: retry later or use another mirror",
                         )
                     resp.close()
-                    log_restart(self.where(rel), offset, _describe_range(resp))
+                    _log_restart(self.where(rel), offset, _describe_range(resp))
                     return self._download(rel, fileobj, 0, progress, None, on_start)
                 start, size = placed
             elif resp.status_code == 200:
@@ -418,5 +418,5 @@ def _describe_range(resp: httpx.Response) -> str:
     return f"Content-Range {resp.headers.get('content-range')!r}"
 
 
-def log_restart(where: str, offset: int, got: str) -> None:
+def _log_restart(where: str, offset: int, got: str) -> None:
     notice(f"{where}: asked to resume at byte {offset}, got {got}; downloading it again")
