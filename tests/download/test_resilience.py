@@ -14,20 +14,17 @@ from pathlib import Path
 
 import pytest
 from test_hostile import (
-    KERNEL,
     OK,
     TIMEOUT,
     Tree,
     api_fetch,
-    assert_clean_cache,
     assert_clear_cli_error,
     check_outcome,
     cli,
-    treeinfo,
-    write_tree,
 )
 
 import _hostile_more  # noqa: F401 - registers the modes
+from _hostile_helpers import KERNEL, assert_clean_cache, treeinfo, write_tree
 from _hostile_server import HostileServer
 from treeboot.errors import ChecksumMismatch, TreebootError
 
