@@ -86,7 +86,9 @@ class HostileHandler(BaseHTTPRequestHandler):
         if handler is None:
             self.plain(404, b"unknown mode\n")
             return
-        wanted = {"artifacts": ARTIFACTS, "metadata": METADATA}.get(handler.applies_to)
+        wanted = {"artifacts": ARTIFACTS, "metadata": METADATA, "treeinfo": (".treeinfo",)}.get(
+            handler.applies_to
+        )
         if wanted is not None and file.name not in wanted:
             serve_file(self, file, rel)  # this mode leaves other files alone
         else:
@@ -432,7 +434,7 @@ def empty_body(h: HostileHandler, file: Path, rel: str) -> None:
 @dataclass(frozen=True)
 class Mode:
     func: Handler
-    applies_to: str  # "artifacts" | "metadata" | "all"
+    applies_to: str  # "artifacts" | "metadata" | "treeinfo" | "all"
 
 
 MODES: dict[str, Mode] = {

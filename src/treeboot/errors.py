@@ -32,6 +32,10 @@ class LocationError(TreebootError):
     exit_code = 4
 
 
+class StallError(LocationError):
+    """A server stopped answering: a request or transfer timed out."""
+
+
 class MetadataError(TreebootError):
     """A metadata file exists but is malformed, oversized or hostile."""
 

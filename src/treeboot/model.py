@@ -5,10 +5,43 @@ These are plain frozen dataclasses; ``to_json()`` gives the stable JSON contract
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s@:\"']*):[^/\s@\"']*@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (messages, JSON)."""
+    return _USERINFO.sub(r"\1:***@", text) if "@" in text else text
+
+
+def redact_json(obj: Any) -> Any:
+    """A JSON-able value with :func:`redact_text` applied to every string in it."""
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, dict):
+        return {k: redact_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact_json(v) for v in obj]
+    return obj
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what is stored or shown of a URL."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # malformed (a bad port, "[::1"): mask what looks like a password
+        return re.sub(r"^([^:/?#]+://[^/?#:@]*):[^/?#@]*@", r"\1:***@", url)
+    netloc = f"{parts.username}:***@{parts.hostname}{port}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 class Media(StrEnum):
@@ -52,9 +85,10 @@ class Identification:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["location"] = redact_url(self.location)
         d["media"] = str(self.media)
         d["verified"] = str(self.verified)
-        return d
+        return dict(redact_json(d))  # a URL in extra (the signed chain's reason...) too
 
 
 @dataclass(frozen=True)
@@ -90,7 +124,7 @@ class FetchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "location": self.identification.location,
+            "location": redact_url(self.identification.location),
             "os": self.identification.os,
             "arch": self.identification.arch,
             "kernel": str(self.kernel.path),

@@ -25,6 +25,7 @@ PACKAGES = {
     "gpgv": "gpgv",
     "xorriso": "xorriso",
     "virt-install": "virtinst",
+    "setpriv": "util-linux",
 }
 
 

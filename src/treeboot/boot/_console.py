@@ -96,3 +96,88 @@ class KeyboardForwarder:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+# -- what the guest may do to the user's terminal ------------------------------------------
+
+# C0 controls passed through: BEL BS HT LF VT FF CR SO SI (SO/SI: the line-drawing set).
+_C0_KEPT = frozenset(b"\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f")
+# CSI finals that only draw: cursor moves, erase, scroll, SGR colours, modes, insert/delete.
+# Dropped: n (device status report), c (device attributes), t (window ops, title reports),
+# q and p variants (DECRQSS-like requests): anything that makes the terminal answer, since an
+# answer is typed into whatever reads the terminal next.
+_CSI_KEPT = frozenset(b"@ABCDEFGHIJKLMPSTXZ`abdefghlmrsu")
+# ESC + one byte: charset selection (ESC ( 0 is line drawing), save/restore cursor, keypad
+# modes, index/reverse index, next line; ESC Z (identify) and ESC c (reset) are dropped.
+_ESC_KEPT = frozenset(b"78=>DEM")
+_ESC, _CSI_START, _STRING_STARTS = 0x1B, ord("["), frozenset(b"]PX^_")
+
+
+class TerminalFilter:
+    """Guest console bytes made safe for the user's terminal (``--console attach``).
+
+    Text, UTF-8 and the sequences an installer draws with (colours, cursor, line drawing)
+    pass; OSC/DCS/APC/PM/SOS strings (window title, OSC 52 clipboard writes, hyperlinks),
+    requests that make the terminal answer, ENQ and other controls are dropped. Stateful: a
+    sequence may straddle two reads of the console log.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""  # an unfinished escape sequence
+        self._in_string = False  # inside OSC/DCS/...: dropped up to ST or BEL
+
+    def feed(self, data: bytes) -> bytes:
+        data, self._pending = self._pending + data, b""
+        out = bytearray()
+        i, n = 0, len(data)
+        while i < n:
+            if self._in_string:
+                end = _string_end(data, i)
+                if end < 0:
+                    self._pending = b"\x1b" if data.endswith(b"\x1b") else b""
+                    return bytes(out)
+                self._in_string, i = False, end
+                continue
+            b = data[i]
+            if b != _ESC:
+                if b >= 0x20 or b in _C0_KEPT:
+                    out.append(b)
+                i += 1
+                continue
+            if i + 1 >= n:
+                self._pending = data[i:]
+                break
+            nxt = data[i + 1]
+            if nxt in _STRING_STARTS:
+                self._in_string, i = True, i + 2
+            elif nxt == _CSI_START:
+                j = i + 2
+                while j < n and 0x20 <= data[j] <= 0x3F:  # parameters, intermediates
+                    j += 1
+                if j >= n:
+                    self._pending = data[i:]
+                    break
+                if data[j] in _CSI_KEPT and 0x40 <= data[j] <= 0x7E:
+                    out += data[i : j + 1]
+                i = j + 1
+            elif nxt in b"()*+":  # charset designation: ESC ( X
+                if i + 2 >= n:
+                    self._pending = data[i:]
+                    break
+                out += data[i : i + 3]
+                i += 3
+            else:
+                if nxt in _ESC_KEPT:
+                    out += data[i : i + 2]
+                i += 2
+        return bytes(out)
+
+
+def _string_end(data: bytes, start: int) -> int:
+    """The index after the terminator (BEL or ESC \\) of a control string, or -1."""
+    for j in range(start, len(data)):
+        if data[j] == 0x07:
+            return j + 1
+        if data[j] == _ESC and j + 1 < len(data) and data[j + 1] == ord("\\"):
+            return j + 2
+    return -1

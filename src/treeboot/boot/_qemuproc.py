@@ -2,36 +2,37 @@
 
 Every QEMU treeboot runs in the foreground is started with :func:`popen_tied` so that it
 receives SIGTERM when treeboot dies, however treeboot dies (PR_SET_PDEATHSIG).
+
+The parent-death signal is set by util-linux ``setpriv --pdeathsig TERM --`` (Debian's
+essential util-linux), which then execs QEMU in the same process: no Python runs between
+fork and exec (a ``preexec_fn`` loading libc through ctypes there can deadlock while other
+threads hold locks, as the subprocess documentation warns). The signal comes when the thread
+that started the process ends, as with prctl in the child.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from treeboot.run import find_binary
+
 log = logging.getLogger("treeboot.qemu")
 
-_PR_SET_PDEATHSIG = 1
+SETPRIV = "/usr/bin/setpriv"
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:
-        # Runs in the child between fork and exec. prctl ties the child's life to the thread
-        # that forked it; if the parent is already gone, the signal would never come.
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
+def tied_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under ``setpriv --pdeathsig TERM``: it gets SIGTERM when we die."""
+    setpriv = SETPRIV if os.access(SETPRIV, os.X_OK) else find_binary("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 def popen_tied(
@@ -44,13 +45,12 @@ def popen_tied(
     """Start ``argv`` in its own process group (Ctrl-C is ours to handle), dying with us."""
     log.debug("starting: %s", shlex.join(argv))
     return subprocess.Popen(
-        list(argv),
+        tied_argv(argv),
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
         cwd=cwd,
-        process_group=0,
-        preexec_fn=_die_with_parent(os.getpid()),
+        process_group=0,  # setpgid in the C fork code, no Python in the child
     )
 
 

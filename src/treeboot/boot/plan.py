@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from treeboot.arch import Architecture
+from treeboot.model import redact_json
 
 
 class Phase(StrEnum):
@@ -93,7 +94,8 @@ class BootPlan:
     temp_files: list[Path] = field(default_factory=list)  # removed when the install ends
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: _to_json(getattr(self, f.name)) for f in fields(self)}
+        plan = {f.name: _to_json(getattr(self, f.name)) for f in fields(self)}
+        return dict(redact_json(plan))  # no password of a URL in plan.json
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BootPlan:

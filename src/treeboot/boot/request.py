@@ -44,6 +44,7 @@ class InstallRequest:
     require_signature: bool = False
     keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
     force: bool = False
+    progress: bool | None = None  # download bars: None = when stderr is a terminal (-q: False)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -58,6 +59,11 @@ class InstallRequest:
             raise UsageError(f"--console {self.console}: use log, attach or none") from e
         if self.wait is not None and self.wait < 0:
             raise UsageError("--wait must be 0 or more seconds (omit it to wait until the end)")
+        if self.wait == 0 and self.wait_for is not None:
+            raise UsageError(
+                "--wait 0 runs the VM in the background, so nothing watches for --wait-for",
+                hint="give --wait SECONDS (or omit --wait) to watch for the pattern",
+            )
         if self.memory_mib is not None and self.memory_mib < 64:
             raise UsageError(f"--memory {self.memory_mib}: give MiB, at least 64")
         if self.vcpus is not None and self.vcpus < 1:

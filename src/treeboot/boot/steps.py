@@ -8,7 +8,6 @@ files from :mod:`treeboot.prepare.unattended`.
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from treeboot.boot.backends.qemu import quote_cmdline
 from treeboot.boot.plan import BootPlan, DiskPlan, NetworkPlan, VMPaths
 from treeboot.download.boot_files import fetch_boot_files
 from treeboot.errors import (
-    BootError,
     DetectionError,
     KernelImageError,
     TreebootError,
@@ -53,6 +51,7 @@ def identify_and_fetch(
         insecure=request.insecure,
         require_signature=request.require_signature,
         keyring=request.keyring,
+        progress=request.progress,
     )
     if files.result is None:
         return _identify_or_minimal(request), None, files.kernel, files.initrd
@@ -197,7 +196,7 @@ def disk_plan(
                 f"--disk {request.disk}: {path} exists and would be overwritten",
                 hint="add --force to overwrite it, or drop size= to use it as it is",
             )
-        return DiskPlan(path, req.format or _image_format(path))
+        return DiskPlan(path, req.format or _unprobed_format(path, request.disk))
     fmt = req.format or "qcow2"
     size = req.size_gib or disk_size(ident, arch)
     plan = DiskPlan(path, fmt, size, create=True, overwrite=path.exists())
@@ -214,13 +213,27 @@ def create_disk(disk: DiskPlan) -> None:
     run([find_binary("qemu-img"), "create", "-q", "-f", disk.format, str(disk.path), size])
 
 
-def _image_format(path: Path) -> str:
-    proc = run([find_binary("qemu-img"), "info", "-U", "--output=json", str(path)])
+_QCOW_MAGIC = b"QFI\xfb"  # docs/interop/qcow2.txt: the first 4 bytes of a qcow2 image
+
+
+def _unprobed_format(path: Path, spec: str | None) -> str:
+    """An existing image without ``format=`` is raw: never probed (a guest can write a qcow2
+    header with a backing file into a raw image and so read host files; libvirt refuses to
+    probe for this reason). A file that starts like qcow2 is refused rather than booted raw,
+    which would corrupt it: the user says which it is."""
     try:
-        fmt = json.loads(proc.stdout)["format"]
-    except (ValueError, KeyError) as e:
-        raise BootError(f"qemu-img info {path}: unexpected output") from e
-    return str(fmt)
+        with open(path, "rb") as f:
+            head = f.read(len(_QCOW_MAGIC))
+    except OSError as e:
+        raise UsageError(f"--disk {spec}: cannot read {path}: {e.strerror}") from e
+    if head == _QCOW_MAGIC:
+        raise UsageError(
+            f"--disk {spec}: {path} starts with a qcow2 header; treeboot does not guess image"
+            " formats",
+            hint=f"if you made it as qcow2, say so: --disk path={path},format=qcow2"
+            " (or format=raw if it is a raw disk a guest wrote this header into)",
+        )
+    return "raw"
 
 
 # -- network ------------------------------------------------------------------------------
@@ -243,8 +256,11 @@ def guest_network(
         return NetworkPlan("none"), None
     from treeboot.boot import serve
 
-    guest_url, port = serve.rewrite_for_guest(ident.location)
-    if port is not None:
+    # A URL with credentials is never forwarded: they would be in the guest's kernel command
+    # line (which `ps` shows); treeboot's server proxies the tree, the guest sees no password.
+    credentials = urllib.parse.urlsplit(ident.location).username is not None
+    guest_url, port = (None, None) if credentials else serve.rewrite_for_guest(ident.location)
+    if port is not None and guest_url is not None:
         return NetworkPlan("user", serve.guest_netdev_args(port, "user")), guest_url
     if request.wait == 0:
         raise UsageError(

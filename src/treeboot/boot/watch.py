@@ -42,7 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from treeboot.boot._console import KeyboardForwarder
+from treeboot.boot._console import KeyboardForwarder, TerminalFilter
 from treeboot.boot._qemuproc import popen_tied, stop_process
 from treeboot.boot.backends.qemu import render_qemu_argv
 from treeboot.boot.plan import BootPlan, ConsoleMode, Phase, VMPaths
@@ -255,6 +255,7 @@ class _Watcher:
         self.offset = offset
         self.deadline = deadline
         self.out = out if opts.console is ConsoleMode.ATTACH else None
+        self.screen = TerminalFilter()  # guest bytes are not trusted with the user's terminal
         self.wait_for = re.compile(opts.wait_for.encode()) if opts.wait_for else None
         self.tail = b""
         self.signalled: int | None = None
@@ -366,7 +367,7 @@ class _Watcher:
             return None
         self.offset += len(data)
         if self.out is not None:
-            self.out.write(data)
+            self.out.write(self.screen.feed(data))
             self.out.flush()
         start = max(0, len(self.tail) - 1024)  # a match may straddle two reads
         self.tail = (self.tail + data)[-_TAIL:]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from treeboot._version import __version__
 from treeboot.cli.output import install_notice_handler
 from treeboot.errors import TreebootError, UsageError
+from treeboot.model import redact_text
 
 # Order is the order in `treeboot --help`.
 COMMAND_MODULES = [
@@ -30,6 +33,15 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"treeboot: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt: the same prompt,
+    clean stop (downloads cancelled, partial files kept, VMs stopped), then exit 143."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,21 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="treeboot: %(name)s: %(message)s",
     )
     install_notice_handler()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     try:
         rc: int = args.func(args)
         return rc
-    except KeyboardInterrupt:
-        print("treeboot: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("treeboot: terminated" if terminated else "treeboot: interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     except TreebootError as e:
         if args.debug:
             raise
-        print(f"treeboot: error: {e.message}", file=sys.stderr)
+        print(f"treeboot: error: {redact_text(e.message)}", file=sys.stderr)
         if e.hint:
-            print(f"treeboot: hint: {e.hint}", file=sys.stderr)
+            print(f"treeboot: hint: {redact_text(e.hint)}", file=sys.stderr)
         return e.exit_code
     except Exception:
         if args.debug:

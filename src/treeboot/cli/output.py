@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from treeboot.download.progress import progress_enabled, stderr_console
+from treeboot.model import redact_text
 from treeboot.notices import LOGGER_NAME
 
 __all__ = ["emit_json", "install_notice_handler", "notice", "progress_enabled", "stderr_console"]
@@ -20,7 +21,8 @@ def emit_json(obj: Any) -> None:
 
 def notice(message: str) -> None:
     """A one-line notice for the user on stderr (never on stdout, which may carry JSON)."""
-    stderr_console().print(f"treeboot: {message}", markup=False)
+    line = f"treeboot: {redact_text(message)}"
+    stderr_console().print(line, markup=False, soft_wrap=True)  # one line, no password
 
 
 class _NoticeHandler(logging.Handler):

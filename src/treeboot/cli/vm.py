@@ -36,7 +36,9 @@ def _register_install(sub: Any) -> None:
     p.add_argument("--name", "-n", required=True, help="VM name (its state directory)")
     p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: osinfo-db's)")
     p.add_argument("--vcpus", type=int, metavar="N", help="virtual CPUs (default: 2)")
-    p.add_argument("--disk", metavar="SPEC", help="size=GiB | path=FILE[,size=GiB] | none")
+    p.add_argument("--disk", metavar="SPEC",
+                   help="size=GiB | path=FILE[,size=GiB][,format=raw|qcow2] | none (an existing"
+                   " FILE is raw unless format= says otherwise: formats are never probed)")
     p.add_argument("--force", action="store_true", help="replace an existing disk image")
     p.add_argument("--arch", help="guest architecture (default: the tree's)")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
@@ -109,6 +111,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         require_signature=args.require_signature,
         keyring=args.keyring.resolve() if args.keyring else None,
         force=args.force,
+        progress=False if args.quiet else None,
     )
     warn_insecure(args)
     out = None if args.json else sys.stdout.buffer

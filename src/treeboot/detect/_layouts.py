@@ -43,10 +43,16 @@ class Context:
     db: OsinfoDB
     arch: str | None  # requested, osinfo spelling
 
-    def text(self, path: str) -> str | None:
+    def text(self, path: str, *, junk_ok: bool = False) -> str | None:
+        """The file as text; None if absent or binary. ``junk_ok``: a line-based format
+        (MANIFEST, SHA256SUMS) keeps its text lines when other lines hold binary junk."""
         data = self.probe.data(path)
-        if data is None or not is_text(data):
+        if data is None:
             return None
+        if not is_text(data):
+            if not junk_ok:
+                return None
+            data = b"\n".join(line for line in data.split(b"\n") if is_text(line))
         return data.decode("utf-8", errors="replace")
 
     def segments(self) -> list[str]:
@@ -249,7 +255,7 @@ def _strip(path: str, prefixes: Sequence[str]) -> str:
 
 def _debian_installer(ctx: Context) -> Finding | None:
     for tree in ctx.rules.di_trees:
-        text = ctx.text(tree.manifest)
+        text = ctx.text(tree.manifest, junk_ok=True)
         manifest = parse_manifest(text) if text else {}
         if manifest:
             break
@@ -265,7 +271,7 @@ def _debian_installer(ctx: Context) -> Finding | None:
     sums_path, info_path = tree.images + "SHA256SUMS", tree.images + "netboot/version.info"
 
     def finish() -> Resolved:
-        sums_text, info_text = ctx.text(sums_path), ctx.text(info_path)
+        sums_text, info_text = ctx.text(sums_path, junk_ok=True), ctx.text(info_path)
         sums = parse_sha256sums(sums_text or "")
         info = parse_version_info(info_text or "")
         arch = ctx.need_arch(url_arch or _sums_arch(ctx, sums, installer_dir), tree.manifest)
@@ -337,7 +343,7 @@ def _disk_info(ctx: Context) -> Finding | None:
     sums_path = "sha256sum.txt"
 
     def finish() -> Resolved:
-        sums = parse_sha256sums(ctx.text(sums_path) or "")
+        sums = parse_sha256sums(ctx.text(sums_path, junk_ok=True) or "")
         k, i = checked(choose(cands, ctx.probe), ".disk/info")
         installer = ctx.rules.installer_for_kernel(k) or ctx.rules.installer_for_distro(distro)
         evidence = [".disk/info"] + ([sums_path] if sums else [])

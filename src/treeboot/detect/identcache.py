@@ -41,11 +41,12 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from treeboot.errors import TreebootError
 from treeboot.locate.base import Location, TreeLocation
 from treeboot.locate.open import open_location
-from treeboot.model import Identification, Media, Verified
+from treeboot.model import Identification, Media, Verified, redact_url
 from treeboot.store.cache import Cache
 
 log = logging.getLogger("treeboot.detect.identcache")
@@ -88,9 +89,10 @@ def identify_cached(
     files are unchanged (see the module docstring)."""
     if not isinstance(loc, TreeLocation):
         return _detect(loc, arch, kernel, initrd, keyring, None)
-    path = cache.ident / f"{_key(loc.url, arch, kernel, initrd, keyring)}.json"
+    path = cache.ident / f"{_key(redact_url(loc.url), arch, kernel, initrd, keyring)}.json"
     entry = load_entry(path)
-    if entry is not None and entry.identification.location == loc.url:
+    if entry is not None and entry.identification.location == redact_url(loc.url):
+        entry = _with_credentials(entry, loc.url)
         fresh = revalidate(loc, entry)
         if fresh is not None:
             if fresh != entry:
@@ -132,6 +134,21 @@ def _key(
     db = os.environ.get("OSINFO_DB_PATH")  # the osinfo-db detection reads
     blob = json.dumps([FORMAT, url, arch, kernel, initrd, ring, db])
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
+
+
+def _with_credentials(entry: Entry, url: str) -> Entry:
+    """A loaded entry (its URLs stored without the password) with ``url``'s credentials back
+    in every URL on the same server, so that revalidation can authenticate."""
+    from dataclasses import replace
+
+    masked, real = urlsplit(redact_url(url)).netloc, urlsplit(url).netloc
+
+    def restore(u: str) -> str:
+        parts = urlsplit(u)
+        return parts._replace(netloc=real).geturl() if parts.netloc == masked else u
+
+    files = [replace(f, url=restore(f.url)) for f in entry.files]
+    return replace(entry, identification=replace(entry.identification, location=url), files=files)
 
 
 def _with_extra(ident: Identification, extra: dict[str, Any]) -> Identification:
@@ -217,7 +234,7 @@ def save_entry(path: Path, entry: Entry) -> None:
     raw = {
         "format": FORMAT,
         "identification": entry.identification.to_json(),
-        "files": [vars(f) for f in entry.files],
+        "files": [{**vars(f), "url": redact_url(f.url)} for f in entry.files],
         "local": entry.local,
         "expires": entry.expires,
     }

@@ -12,6 +12,7 @@ import io
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,9 @@ import httpx
 
 from treeboot._version import __version__
 from treeboot.errors import IsoError, LocationError
-from treeboot.locate.base import Progress
+from treeboot.locate._retry import RETRY_STATUSES, RetryPolicy, RetryRefused
+from treeboot.locate.base import Cancelled, Progress, redact
+from treeboot.notices import notice
 
 _CACHE_BLOCK = 64 * 1024
 _MAX_READAHEAD_BLOCKS = 16  # 1 MiB per request when pycdlib walks directories sequentially
@@ -39,8 +42,11 @@ class Source:
     bytes_requested: int = 0  # what callers asked for (logical reads)
 
     _lock: threading.Lock
+    cancelled: bool = False  # set by IsoLocation.cancel(): the next chunk raises Cancelled
 
     def _count(self, transferred: int, requested: int = 0) -> None:
+        if self.cancelled:
+            raise Cancelled()
         with self._lock:
             self.bytes_transferred += transferred
             self.bytes_requested += requested
@@ -104,11 +110,26 @@ class LocalSource(Source):
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
+_RESETS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _Again(Exception):
+    """A transient answer (``status``), or no answer at all (``status`` None, ``error``)."""
+
+    def __init__(
+        self, status: int | None, retry_after: str | None, error: LocationError | None = None
+    ) -> None:
+        super().__init__(status)
+        self.status, self.retry_after = status, retry_after
+        self.error = error or LocationError("no answer")
+
+
 class HttpSource(Source):
     """An ISO behind an HTTP server that honours Range: block cache with adaptive read-ahead."""
 
     def __init__(self, url: str, *, insecure: bool, timeout: float) -> None:
         self.name = url
+        self.retry = RetryPolicy()
         self._client = httpx.Client(
             verify=not insecure,
             timeout=timeout,
@@ -135,13 +156,52 @@ class HttpSource(Source):
         return b"".join(chunks)
 
     def _request(self, start: int, length: int, sink: Callable[[bytes], object]) -> int:
+        """One Range request under the retry policy of :mod:`treeboot.locate._retry`: a
+        transient status, or a connection closed before the answer, is retried before any
+        byte reaches ``sink``."""
+        attempt, reconnected = 0, False
+        while True:
+            attempt += 1
+            try:
+                return self._request_once(start, length, sink)
+            except _Again as again:
+                if again.status is None:  # closed before an answer: once, on a new connection
+                    if reconnected:
+                        raise again.error from None
+                    reconnected = True
+                    notice(f"GET {redact(self.name)}: connection closed without an answer;"
+                           " retrying")  # fmt: skip
+                    continue
+                try:
+                    delay = self.retry.delay(attempt, again.retry_after, None)
+                except RetryRefused as e:
+                    raise LocationError(
+                        f"GET {redact(self.name)} answered HTTP {again.status}: {e.reason}",
+                        hint="the server is busy or failing: retry later or use another mirror",
+                    ) from None
+                what = f"GET {redact(self.name)} answered HTTP {again.status}"
+                notice(f"{what}; retrying in {delay:.1f} s (attempt {attempt + 1} of"
+                       f" {self.retry.attempts})")  # fmt: skip
+                self._pause(delay)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, checking for a cancel (IsoLocation.cancel) every 0.1 s."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if self.cancelled:
+                raise Cancelled()
+            time.sleep(min(0.1, left))
+
+    def _request_once(self, start: int, length: int, sink: Callable[[bytes], object]) -> int:
         end = start + length - 1
+        got = 0
         try:
             with self._client.stream(
                 "GET", self.name, headers={"Range": f"bytes={start}-{end}"}
             ) as r:
+                if r.status_code in RETRY_STATUSES:
+                    raise _Again(r.status_code, r.headers.get("retry-after"))
                 self._check_response(r, start)
-                got = 0
                 for chunk in r.iter_raw():
                     # Count every byte received; keep only what was asked for. Reading the
                     # body to its end lets the connection be reused.
@@ -152,10 +212,13 @@ class HttpSource(Source):
                     got += len(chunk)
                     sink(chunk)
         except httpx.HTTPError as e:
-            raise LocationError(
-                f"reading {self.name} (bytes {start}-{end}) failed: {e}",
+            error = LocationError(
+                f"reading {redact(self.name)} (bytes {start}-{end}) failed: {e}",
                 hint="check that the server is reachable; use --insecure for self-signed TLS",
-            ) from e
+            )
+            if got == 0 and isinstance(e, _RESETS):
+                raise _Again(None, None, error) from e
+            raise error from e
         if got < length and start + got < self.size:
             raise IsoError(f"{self.name}: short read at offset {start} ({got} of {length} bytes)")
         return got

@@ -41,11 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Protocol, Self
+from typing import BinaryIO, Protocol, Self, TypeVar
 from urllib.parse import urlsplit
 
-from treeboot.errors import LocationError, MetadataError
-from treeboot.model import Media
+from treeboot.errors import LocationError, MetadataError, StallError
+from treeboot.model import Media, redact_url
 
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024  # metadata files; a kernel is downloaded, never read()
 CHUNK = 256 * 1024
@@ -53,6 +53,7 @@ MAX_PARALLEL = 8  # read_many worker threads (and HTTP connections they may open
 LOW_SPEED_BYTES = 1024  # a transfer must move this much in every ``timeout`` seconds
 
 Progress = Callable[[int], None]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,15 @@ class RemoteStat:
 
     size: int | None
     validator: str | None = None
+    encoding: str | None = None  # an HTTP Content-Encoding other than identity (e.g. "gzip")
 
 
 OnStart = Callable[[RemoteStat, int], None]
+
+
+class Cancelled(BaseException):
+    """The location was cancelled (:meth:`TreeLocation.cancel`, e.g. on SIGINT): a transfer
+    stops at its next chunk. A BaseException, so that no ``except Exception`` swallows it."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class Location(Protocol):
     def read_range(self, path: str, offset: int, length: int) -> bytes: ...
 
     def stat(self, path: str) -> RemoteStat | None: ...
+
+    def cancel(self) -> None: ...
 
     def download(
         self,
@@ -152,11 +161,7 @@ def safe_relpath(path: str) -> str:
 
 def redact(url: str) -> str:
     """``url`` without a password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    return redact_url(url)
 
 
 def too_big(where: str, limit: int, size: int | None = None) -> MetadataError:
@@ -186,7 +191,7 @@ class StallGuard:
         if now - self._mark < self.window:
             return
         if self._bytes < LOW_SPEED_BYTES:
-            raise LocationError(
+            raise StallError(
                 f"{self.where}: less than {LOW_SPEED_BYTES} bytes arrived in {self.window:g} s;"
                 " giving up on this transfer",
                 hint="the server is stalling: retry later or use another mirror",
@@ -208,6 +213,8 @@ class TreeLocation(abc.ABC):
         self._transferred = 0
         self._memo: dict[str, bytes | None] = {}
         self._validators: dict[str, str] = {}  # rel -> validator of what read() returned
+        self._stalled: dict[str, StallError] = {}  # rel -> how it stalled (never asked again)
+        self._cancel = threading.Event()
 
     # -- what subclasses implement
     @abc.abstractmethod
@@ -248,8 +255,33 @@ class TreeLocation(abc.ABC):
         return self._transferred
 
     def _count(self, n: int) -> None:
+        """Count ``n`` bytes received; every transfer calls it per chunk, so it is also where
+        a cancelled transfer stops."""
+        if self._cancel.is_set():
+            raise Cancelled()
         with self._lock:
             self._transferred += n
+
+    def cancel(self) -> None:
+        """Stop every transfer of this location at its next chunk (and every retry wait):
+        they raise :class:`Cancelled`. For a signal handler or another thread."""
+        self._cancel.set()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` (a retry's delay), or raise Cancelled as soon as cancelled."""
+        if self._cancel.wait(seconds):
+            raise Cancelled()
+
+    def _once(self, rel: str, call: Callable[[], _T]) -> _T:
+        """``call()``, unless ``rel`` already stalled once: a stalled server costs one
+        timeout per run, not one per probe of the same file."""
+        if (stalled := self._stalled.get(rel)) is not None:
+            raise stalled
+        try:
+            return call()
+        except StallError as e:
+            self._stalled[rel] = e
+            raise
 
     def where(self, rel: str) -> str:
         """The full URL of ``rel`` for messages (password removed)."""
@@ -259,7 +291,7 @@ class TreeLocation(abc.ABC):
         rel = safe_relpath(path)
         if self._memo.get(rel) is not None:
             return True
-        return self._exists(rel)
+        return self._once(rel, lambda: self._exists(rel))
 
     def read(self, path: str, max_size: int = DEFAULT_MAX_SIZE) -> bytes | None:
         """The whole file, ``None`` if absent; MetadataError (early) if it exceeds ``max_size``.
@@ -271,7 +303,7 @@ class TreeLocation(abc.ABC):
         if rel in self._memo:
             data = self._memo[rel]
         else:
-            data = self._read(rel, max_size)
+            data = self._once(rel, lambda: self._read(rel, max_size))
             with self._lock:
                 self._memo[rel] = data
         if data is not None and len(data) > max_size:
@@ -314,12 +346,13 @@ class TreeLocation(abc.ABC):
             return {p: f.result() for p, f in zip(todo, futures, strict=True)}
 
     def size(self, path: str) -> int | None:
-        st = self._stat(safe_relpath(path))
+        st = self.stat(path)
         return None if st is None else st.size
 
     def stat(self, path: str) -> RemoteStat | None:
         """Size and validator of a file (one request), ``None`` if absent."""
-        return self._stat(safe_relpath(path))
+        rel = safe_relpath(path)
+        return self._once(rel, lambda: self._stat(rel))
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` (fewer at the end of the file), one request."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -18,7 +19,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from treeboot._version import __version__
-from treeboot.errors import LocationError
+from treeboot.errors import LocationError, StallError
+from treeboot.locate._retry import RETRY_STATUSES, RetryPolicy, RetryRefused
 from treeboot.locate.base import (
     MAX_PARALLEL,
     OnStart,
@@ -33,6 +35,7 @@ from treeboot.locate.base import (
     tree_url,
     write_chunks,
 )
+from treeboot.notices import notice
 
 MAX_REDIRECTS = 10
 ABSENT = frozenset({403, 404, 410})  # a probe for a file that is not there (or hidden)
@@ -41,19 +44,44 @@ _DRAIN_LIMIT = 64 * 1024  # bodies we read to the end to keep the connection (40
 _NET_HINT = "check the URL and that the server is reachable (see also --timeout, --insecure)"
 
 
+# A connection closed or reset before the answer (stale keep-alive): retried once, anew.
+_RESETS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 class HttpLocation(TreeLocation):
-    def __init__(self, spec: str, *, insecure: bool = False, timeout: float = 30.0) -> None:
+    """``max_time``: no retry is started that would end more than ``max_time`` seconds after
+    the location was opened (the CLI's ``--max-time``)."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        insecure: bool = False,
+        timeout: float = 30.0,
+        max_time: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         super().__init__(tree_url(spec))
         self.timeout = timeout
         self.insecure = insecure
+        self.retry = retry or RetryPolicy()
+        self._deadline = None if max_time is None else time.monotonic() + max_time
         self._clients: dict[str, httpx.Client] = {}
+        self._retired: list[httpx.Client] = []  # pools of stale connections, closed at close()
         self._clients_lock = threading.Lock()
 
-    def _client(self, url: str) -> httpx.Client:
-        """One keep-alive client per scheme; TLS trust is loaded only once https is used."""
+    def _client(self, url: str, stale: httpx.Client | None = None) -> httpx.Client:
+        """One keep-alive client per scheme; TLS trust is loaded only once https is used.
+
+        ``stale``: that client's pool holds connections the server dropped (a load
+        balancer closes idle ones all at once): a new pool replaces it, so that the retry goes
+        out on a new connection. Requests still streaming on the old one finish there."""
         scheme = urlsplit(url).scheme.lower()
         with self._clients_lock:
             client = self._clients.get(scheme)
+            if client is not None and client is stale:
+                self._retired.append(client)
+                client = None
             if client is None:
                 verify: ssl.SSLContext | bool = False
                 if scheme == "https" and not self.insecure:
@@ -73,7 +101,8 @@ class HttpLocation(TreeLocation):
 
     def close(self) -> None:
         with self._clients_lock:
-            clients, self._clients = list(self._clients.values()), {}
+            clients, self._clients = [*self._clients.values(), *self._retired], {}
+            self._retired = []
         for client in clients:
             client.close()
 
@@ -110,7 +139,7 @@ class HttpLocation(TreeLocation):
             yield resp
             _finish(resp)
         except httpx.TimeoutException as e:
-            raise LocationError(
+            raise StallError(
                 f"{method} {redact(url)}: no data for {self.timeout:g} s", hint=_NET_HINT
             ) from e
         except httpx.HTTPError as e:
@@ -119,13 +148,50 @@ class HttpLocation(TreeLocation):
             resp.close()
 
     def _send(self, method: str, url: str, headers: dict[str, str] | None) -> httpx.Response:
+        """One request, retried by the policy (module :mod:`treeboot.locate._retry`)."""
+        attempt, reconnected = 0, False
+        stale: httpx.Client | None = None
+        while True:
+            attempt += 1
+            try:
+                resp = self._send_once(method, url, headers, stale)
+            except _ResetBeforeAnswer as e:
+                if reconnected:
+                    msg = f"{method} {redact(url)} failed: {e}"
+                    raise LocationError(msg, hint=_NET_HINT) from e
+                reconnected, stale = True, e.client  # once more, on a new connection
+                notice(f"{method} {redact(url)}: connection closed without an answer; retrying")
+                continue
+            if resp.status_code not in RETRY_STATUSES:
+                return resp
+            retry_after = resp.headers.get("retry-after")
+            what = f"{method} {redact(url)} answered HTTP {resp.status_code}"
+            _finish(resp)
+            resp.close()
+            remaining = None if self._deadline is None else self._deadline - time.monotonic()
+            try:
+                delay = self.retry.delay(attempt, retry_after, remaining)
+            except RetryRefused as e:
+                raise LocationError(
+                    f"{what} {resp.reason_phrase}: {e.reason}",
+                    hint="the server is busy or failing: retry later or use another mirror",
+                ) from e
+            notice(f"{what}; retrying in {delay:.1f} s (attempt {attempt + 1} of"
+                   f" {self.retry.attempts})")  # fmt: skip
+            self._pause(delay)
+
+    def _send_once(
+        self, method: str, url: str, headers: dict[str, str] | None, stale: httpx.Client | None
+    ) -> httpx.Response:
+        client = self._client(url, stale)
         try:
-            client = self._client(url)
             return client.send(client.build_request(method, url, headers=headers), stream=True)
         except httpx.TimeoutException as e:
-            raise LocationError(
+            raise StallError(
                 f"{method} {redact(url)}: timed out after {self.timeout:g} s", hint=_NET_HINT
             ) from e
+        except _RESETS as e:
+            raise _ResetBeforeAnswer(str(e) or type(e).__name__, client) from e
         except httpx.HTTPError as e:
             raise LocationError(f"{method} {redact(url)} failed: {e}", hint=_NET_HINT) from e
 
@@ -233,8 +299,19 @@ class HttpLocation(TreeLocation):
             if resp.status_code == 416 and offset:  # the partial is as long as the file
                 resp.close()
                 return self._download(rel, fileobj, 0, progress, None, on_start)
-            if resp.status_code == 206 and _content_range(resp)[0] == offset:
-                start, size = offset, _content_range(resp)[2]
+            if resp.status_code == 206:
+                placed = _placement(resp, offset, if_range)
+                if placed is None:  # not what was asked: start over with a plain GET
+                    if not offset:
+                        raise LocationError(
+                            f"{self.where(rel)}: HTTP 206 with {_describe_range(resp)} to a"
+                            " request for the whole file",
+                            hint="the server is broken: retry later or use another mirror",
+                        )
+                    resp.close()
+                    _log_restart(self.where(rel), offset, _describe_range(resp))
+                    return self._download(rel, fileobj, 0, progress, None, on_start)
+                start, size = placed
             elif resp.status_code == 200:
                 start, size = 0, _int(resp.headers.get("content-length"))
             elif resp.status_code in ABSENT:
@@ -258,6 +335,14 @@ class HttpLocation(TreeLocation):
             self._count(len(chunk))
             guard(len(chunk))
             yield chunk
+
+
+class _ResetBeforeAnswer(Exception):
+    """The connection was closed or reset before a status line arrived (on ``client``)."""
+
+    def __init__(self, message: str, client: httpx.Client) -> None:
+        super().__init__(message)
+        self.client = client
 
 
 def _finish(resp: httpx.Response) -> None:
@@ -301,7 +386,37 @@ def _content_range(resp: httpx.Response) -> tuple[int, int, int | None]:
 
 def _remote_stat(resp: httpx.Response, size: int | None) -> RemoteStat:
     """Prefer a strong ETag as validator (If-Range needs one), else Last-Modified."""
+    encoding = resp.headers.get("content-encoding", "").strip().lower()
+    coded = encoding if encoding not in ("", "identity") else None
     etag = resp.headers.get("etag")
     if etag and not etag.startswith("W/"):
-        return RemoteStat(size, etag)
-    return RemoteStat(size, resp.headers.get("last-modified"))
+        return RemoteStat(size, etag, coded)
+    return RemoteStat(size, resp.headers.get("last-modified"), coded)
+
+
+def _placement(
+    resp: httpx.Response, offset: int, if_range: str | None
+) -> tuple[int, int | None] | None:
+    """Where a 206 answer to ``Range: bytes=offset-`` goes: (first byte, total size).
+
+    Trusted only as far as the headers are consistent: the range must start at or before
+    ``offset`` (the partial file holds every byte before it), run to the end of the file,
+    and come from the entity ``if_range`` names. Anything else: None (restart)."""
+    try:
+        first, last, total = _content_range(resp)
+    except LocationError:
+        return None
+    etag = resp.headers.get("etag")
+    if etag and if_range and if_range.startswith('"') and etag != if_range:
+        return None  # another version of the file, whatever If-Range did
+    if first > offset or total is None or last != total - 1:
+        return None
+    return first, total
+
+
+def _describe_range(resp: httpx.Response) -> str:
+    return f"Content-Range {resp.headers.get('content-range')!r}"
+
+
+def _log_restart(where: str, offset: int, got: str) -> None:
+    notice(f"{where}: asked to resume at byte {offset}, got {got}; downloading it again")

@@ -431,6 +431,10 @@ class IsoLocation:
     def close(self) -> None:
         self._source.close()
 
+    def cancel(self) -> None:
+        """Stop every transfer at its next chunk (see TreeLocation.cancel)."""
+        self._source.cancelled = True
+
     def __enter__(self) -> IsoLocation:
         return self
 

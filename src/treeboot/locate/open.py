@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from treeboot.errors import LocationError
+from treeboot.errors import LocationError, UsageError
 from treeboot.locate.base import DirLocation, Location, redact
 
 
@@ -30,13 +30,28 @@ def _local_target(spec: str) -> Path | None:
     return None
 
 
-def open_location(spec: str, *, insecure: bool = False, timeout: float = 30.0) -> Location:
+def check_url(spec: str) -> None:
+    """UsageError (one line) for a URL that cannot be parsed: ``http://[::1``, a bad port."""
+    try:
+        parts = urlsplit(spec)
+        _ = parts.port  # "host:abc" fails only here
+    except ValueError as e:
+        raise UsageError(
+            f"malformed URL {redact(spec)!r}: {e}",
+            hint="check the brackets around an IPv6 address and the port number",
+        ) from e
+
+
+def open_location(
+    spec: str, *, insecure: bool = False, timeout: float = 30.0, max_time: float | None = None
+) -> Location:
     """Open a tree (directory, ``file://``, ``http(s)://``, ``ftp://``) or an ISO image.
 
     An ISO is a local regular file, a ``file://`` URL to one, or an http(s) URL whose path ends
     in ``.iso``. ``timeout`` bounds every network operation; ``insecure`` skips TLS
-    certificate checks.
+    certificate checks; ``max_time`` bounds the retries of an HTTP tree (see HttpLocation).
     """
+    check_url(spec)
     local = _local_target(spec)
     if local is not None:
         if local.is_dir():
@@ -55,7 +70,7 @@ def open_location(spec: str, *, insecure: bool = False, timeout: float = 30.0) -
             return _open_iso(spec, insecure=insecure, timeout=timeout)
         from treeboot.locate.http import HttpLocation
 
-        return HttpLocation(spec, insecure=insecure, timeout=timeout)
+        return HttpLocation(spec, insecure=insecure, timeout=timeout, max_time=max_time)
     if scheme == "ftp":
         from treeboot.locate.ftp import FtpLocation
 

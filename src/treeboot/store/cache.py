@@ -39,6 +39,7 @@ from typing import Any
 import platformdirs
 
 from treeboot.errors import FetchError
+from treeboot.model import redact_url
 
 
 def default_root() -> Path:
@@ -47,8 +48,9 @@ def default_root() -> Path:
 
 
 def source_key(location: str, path: str) -> str:
-    """The file-name-safe key of one source file (location URL + relative path)."""
-    return hashlib.sha256(f"{location}\n{path}".encode()).hexdigest()[:40]
+    """The file-name-safe key of one source file (location URL + relative path); a password
+    in the URL plays no part (it is never stored, see :class:`IndexEntry`)."""
+    return hashlib.sha256(f"{redact_url(location)}\n{path}".encode()).hexdigest()[:40]
 
 
 def file_sha256(path: Path) -> str:
@@ -72,6 +74,9 @@ class IndexEntry:
     verified: str  # treeboot.model.Verified value
     fetched: float = field(default_factory=time.time)
 
+    def __post_init__(self) -> None:  # a password in the URL is never stored nor listed
+        object.__setattr__(self, "location", redact_url(self.location))
+
     @property
     def key(self) -> str:
         return source_key(self.location, self.path)
@@ -85,6 +90,9 @@ class PartialMeta:
     path: str
     validator: str | None
     size: int | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "location", redact_url(self.location))
 
 
 @dataclass
@@ -179,7 +187,7 @@ class Cache:
             entry = IndexEntry(**data)
         except (OSError, ValueError, TypeError):
             return None
-        return entry if entry.location == location and entry.path == path else None
+        return entry if entry.location == redact_url(location) and entry.path == path else None
 
     def record(self, entry: IndexEntry) -> None:
         self._write_json(self.index / f"{entry.key}.json", asdict(entry))
@@ -211,7 +219,7 @@ class Cache:
             m = PartialMeta(**json.loads(meta.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        if (m.location, m.path) != (location, path) or not part.exists():
+        if (m.location, m.path) != (redact_url(location), path) or not part.exists():
             return None
         return m
 
@@ -318,7 +326,10 @@ class Cache:
     def _prune_tmp(self, report: PruneReport, everything: bool, cutoff: float | None) -> None:
         for part in sorted(self.tmp.glob("*.part")):
             key = part.name.removesuffix(".part")
-            stale = cutoff is not None and part.stat().st_mtime < cutoff
+            try:  # a fetch may commit (rename) or discard it under us
+                stale = cutoff is not None and part.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
             if not (everything or stale):
                 continue  # kept so that the next fetch resumes it
             with self.lock(key, blocking=False) as got:
@@ -330,7 +341,11 @@ class Cache:
         for stray in sorted(self.tmp.iterdir()):
             if stray.suffix == ".json" and stray.with_suffix(".part").exists():
                 continue
-            if stray.name.startswith(".") and time.time() - stray.stat().st_mtime < 3600:
+            try:
+                young = time.time() - stray.stat().st_mtime < 3600
+            except FileNotFoundError:
+                continue  # renamed into place meanwhile
+            if stray.name.startswith(".") and young:
                 continue  # an index being written right now
             if stray.suffix != ".part":
                 self._remove(stray, report)

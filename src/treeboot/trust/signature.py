@@ -343,21 +343,26 @@ def parse_release(text: bytes) -> ReleaseFile:
 
 
 def parse_sha256sums(text: bytes) -> dict[str, str]:
-    """Parse ``SHA256SUMS`` (``<hex>  ./path`` or ``<hex> *path``): normalised path -> hex."""
-    try:
-        lines = text.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise MetadataError("SHA256SUMS is not UTF-8 text") from e
+    """Parse ``SHA256SUMS`` (``<hex>  ./path`` or ``<hex> *path``): normalised path -> hex.
+
+    Lines in another form (free text, BSD ``SHA256 (x) = h``, short hashes, non-UTF-8 bytes)
+    are skipped, like ``sha256sum --check`` does: the signature vouches for the whole file,
+    and a file it names without a valid line stays unverified. A path outside the directory or
+    one listed twice with different sums is an error."""
     sums: dict[str, str] = {}
-    for line in lines:
-        if not line.strip() or line.startswith("#"):
+    for raw in text.splitlines():
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
             continue
         digest, sep, name = line.partition(" ")
-        if not sep or not _HEX64.fullmatch(digest.lower()):
-            raise MetadataError(f"SHA256SUMS has a malformed line: {line[:120]!r}")
+        if not sep or not _HEX64.fullmatch(digest.lower()) or "\0" in line:
+            continue
         name = name.lstrip(" ").removeprefix("*")
         path = posixpath.normpath(name)
-        if not name or path.startswith(("/", "..")):
+        if not name:
+            continue
+        if path.startswith(("/", "..")):
             raise MetadataError(f"SHA256SUMS names a path outside its directory: {name[:120]!r}")
         if sums.get(path, digest.lower()) != digest.lower():
             raise MetadataError(f"SHA256SUMS lists {path} twice with different checksums")
