@@ -82,7 +82,7 @@ def pvh_entry(f: BinaryIO, size: int) -> int | None:
     head = f.read(64)
     if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
         return None  # only 64-bit little-endian ELF (x86_64 vmlinux)
-    phoff, = struct.unpack_from("<Q", head, 0x20)
+    (phoff,) = struct.unpack_from("<Q", head, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
     if phentsize < 56 or phnum > 64 or phoff + phnum * phentsize > size:
         return None
