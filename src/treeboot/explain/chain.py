@@ -39,6 +39,7 @@ from treeboot.errors import KernelImageError, UsageError
 from treeboot.explain import handoff as _handoff
 from treeboot.explain.handoff import BootInputs, FwCfgItem, Handoff, Placement, Region
 from treeboot.model import FetchResult, Identification, Verified
+from treeboot.prepare.bootform import FormChoice, KernelForm, choose_form, firmware_kind
 from treeboot.store.cache import file_sha256
 
 BACKENDS = ("qemu",)
@@ -70,6 +71,7 @@ class ExplainRequest:
     network: str = "user"
     fetch: bool = True
     insecure: bool = False
+    boot_form: str = "auto"  # as install's --boot-form
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Explanation:
     sequence: list[tuple[str, str, str]]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    boot_form: FormChoice | None = None
 
     @property
     def title(self) -> str:
@@ -151,6 +154,7 @@ class Explanation:
                 "regions": [_region_json(r) for r in p.regions],
             },
             "sequence": [{"from": a, "to": b, "text": t} for a, b, t in self.sequence],
+            "boot_form": self.boot_form.to_json() if self.boot_form else None,
             "notes": self.notes,
             "warnings": self.warnings,
             "assumptions": p.assumptions,
@@ -314,6 +318,7 @@ def _plan(
             kernel=str(kernel),
             initrd=str(initrd),
             insecure=req.insecure,
+            boot_form=req.boot_form,
         )
         result = install(request, dry_run=True)
         plan, argv = result.plan, list(result.argv)
@@ -430,6 +435,13 @@ def explain(req: ExplainRequest) -> Explanation:
         "installer": (ident.installer if ident else None) or "the initrd's own program",
     }
     sequence = [(s.source, s.target, _fill(s.text, values)) for s in handoff.steps]
+    form = _boot_form(req, plan, handoff.firmware_file)
+    notes = list(handoff.notes)
+    if form.kernel is not KernelForm.ORIGINAL:
+        notes.append(
+            f"boot form {form.form}: QEMU boots the {form.kernel} derived from this kernel; the"
+            " fw_cfg items and map above describe the classic hand-off"
+        )
     return Explanation(
         backend=req.backend,
         arch=plan.arch,
@@ -447,9 +459,16 @@ def explain(req: ExplainRequest) -> Explanation:
         placement=placement,
         firmware_path=firmware,
         sequence=sequence,
-        notes=[*handoff.notes, *_ram_notes(placement, plan.memory_mib)],
+        notes=[*notes, *_ram_notes(placement, plan.memory_mib)],
         warnings=[*warnings, *placement.warnings],
+        boot_form=form,
     )
+
+
+def _boot_form(req: ExplainRequest, plan: BootPlan, firmware_file: str | None) -> FormChoice:
+    """The form install boots (rules/boot_forms.toml), for the firmware explained here."""
+    firmware = "uefi" if firmware_file else firmware_kind(str(plan.arch), None)
+    return choose_form(str(plan.arch), firmware, plan.accel, req.boot_form)
 
 
 def _ram_notes(p: Placement, memory_mib: int) -> list[str]:
@@ -552,6 +571,11 @@ def format_explanation(ex: Explanation) -> str:
     lines += ["", f"Kernel command line ({size} bytes with the NUL{limit})"]
     lines += _wrap(ex.cmdline_text or "(empty)", "  ", "")
     lines += ["", "QEMU command (as treeboot install runs it)", "  " + format_argv(ex.argv)]
+    if ex.boot_form is not None:
+        f = ex.boot_form
+        lines += ["", f"Boot form: {f.form} (kernel {f.kernel}, initrd {f.initrd})"]
+        lines += _wrap(f"why: {f.reason}", "  ", "    ")
+        lines += _wrap(f"hand-off: {f.handoff}", "  ", "    ")
     lines += ["", f"Firmware: {h.firmware}; loader: {h.loader}"]
     if ex.firmware_path:
         lines.append(f"  firmware file {ex.firmware_path}")
