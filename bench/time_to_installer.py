@@ -271,9 +271,10 @@ def rows(bench: Bench, arch: str) -> dict[str, Callable[[int], float]]:
         bare["bare fast, -cpu max,pauth-impdef=on"] = v("fast", "fast", cpu="max,pauth-impdef=on")
     out: dict[str, Callable[[int], float]] = {
         "treeboot": lambda i: bench.run_treeboot("auto"),
-        "treeboot --boot-form fast": lambda i: bench.run_treeboot("fast"),
         "treeboot --boot-form classic": lambda i: bench.run_treeboot("classic"),
     }
+    if arch != "amd64":  # on amd64, auto is fast already
+        out["treeboot --boot-form fast"] = lambda i: bench.run_treeboot("fast")
     for name, argv in bare.items():
         out[name] = functools.partial(lambda n, a, i: bench.run_bare(n, a), name, argv)
     return out
