@@ -101,3 +101,14 @@ def test_concurrent_makers_derive_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert calls == [1] and len({r.sha256 for r in results}) == 1
+
+
+def test_prune_all_removes_derived_forms(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    store = DerivedStore(cache)
+    store.make("initrd-raw", SRC, lambda out: str(out.write(b"x" * 100)), KernelImageError)
+    report = cache.prune(older_than_days=1)
+    assert store.find("initrd-raw", SRC) is not None and not report.removed
+    report = cache.prune(everything=True)
+    assert f"derived/initrd-raw/{SRC}" in report.removed
+    assert store.find("initrd-raw", SRC) is None and store.usage() == 0

@@ -80,8 +80,12 @@ class DerivedStore:
             try:
                 if product.stat().st_size != entry.size:
                     return None
-            except OSError:
+                os.utime(product)  # last use, for `cache prune --older-than`
+                os.utime(product.with_suffix(".json"))
+            except FileNotFoundError:
                 return None
+            except OSError:  # a read-only shared cache: the product is still good
+                pass
         return entry
 
     def make(
