@@ -154,10 +154,10 @@ class Explanation:
                 "regions": [_region_json(r) for r in p.regions],
             },
             "sequence": [{"from": a, "to": b, "text": t} for a, b, t in self.sequence],
-            "boot_form": self.boot_form.to_json() if self.boot_form else None,
             "notes": self.notes,
             "warnings": self.warnings,
             "assumptions": p.assumptions,
+            "boot_form": self.boot_form.to_json() if self.boot_form else None,
         }
 
 
