@@ -34,9 +34,15 @@ def _tiny(tmp_path: Path) -> list[str]:
     return ["--kernel", str(DI_KERNEL), "--initrd", str(gz)]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derived forms go to this test's cache, not the session's (other tests' dry-runs)."""
+    monkeypatch.setenv("TREEBOOT_CACHE", str(tmp_path / "cache"))
+
+
 def _install(*args: str) -> dict[str, Any]:
-    proc = run_treeboot("install", *args, "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = run_treeboot("install", *args, "--json", timeout=1000)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr, proc.stdout[-2000:])
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
 
@@ -67,7 +73,7 @@ def test_trace_boot_proves_the_hand_off(
 ) -> None:
     name = vm_reaper.vm(f"bf-{form}")
     out = _install(tree_url, "--name", name, "--accel", "tcg", *_tiny(tmp_path), "--disk",
-                   "none", "--network", "none", "--no-reboot", "--wait", "300",
+                   "none", "--network", "none", "--no-reboot", "--wait", "900",
                    "--boot-form", form, "--trace-boot")  # fmt: skip
     assert out["result"]["outcome"] == "installer-finished"
     assert INSTALLER_MARKER in (state_dir(name) / "console.log").read_text(errors="replace")

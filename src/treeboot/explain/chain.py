@@ -318,7 +318,9 @@ def _plan(
             kernel=str(kernel),
             initrd=str(initrd),
             insecure=req.insecure,
-            boot_form=req.boot_form,
+            # the command, fw_cfg items and map below describe the files as shipped; the
+            # form install boots is explained beside them (_boot_form)
+            boot_form="classic",
         )
         result = install(request, dry_run=True)
         plan, argv = result.plan, list(result.argv)
@@ -439,8 +441,8 @@ def explain(req: ExplainRequest) -> Explanation:
     notes = list(handoff.notes)
     if form.kernel is not KernelForm.ORIGINAL:
         notes.append(
-            f"boot form {form.form}: QEMU boots the {form.kernel} derived from this kernel; the"
-            " fw_cfg items and map above describe the classic hand-off"
+            f"boot form {form.form}: install boots the {form.kernel} derived from this kernel"
+            " (see Boot form); the command, fw_cfg items and map show the classic form"
         )
     return Explanation(
         backend=req.backend,
