@@ -20,10 +20,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MANIFEST_FIXTURE = (
-    SHARED / "fixtures/urldetect/debian/buster/main/installer-amd64/current/images/MANIFEST"
-)
+from treeboot.devtree import debian_manifest
+
 NETBOOT = "current/images/netboot/debian-installer/{arch}"
 
 
@@ -119,8 +117,9 @@ def make_debian_tree(
     netboot.mkdir(parents=True)
     (netboot / "linux").write_bytes(kernel)
     (netboot / "initrd.gz").write_bytes(initrd)
-    if MANIFEST_FIXTURE.is_file():
-        shutil.copyfile(MANIFEST_FIXTURE, images / "MANIFEST")
+    # d-i's own MANIFEST format, written for what this tree holds (as devtree does), so the
+    # tree is the same with or without ../shared beside the checkout.
+    (images / "MANIFEST").write_text(debian_manifest(images))
     sums = (
         f"{hashlib.sha256(kernel).hexdigest()}  ./netboot/debian-installer/{arch}/linux\n"
         f"{hashlib.sha256(initrd).hexdigest()}  ./netboot/debian-installer/{arch}/initrd.gz\n"

@@ -11,9 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_hostile import INITRD, KERNEL, assert_clean_cache
 
-from _hostile_helpers import hostile_server, random_tree, start_cli
+from _hostile_helpers import (
+    INITRD,
+    KERNEL,
+    assert_clean_cache,
+    hostile_server,
+    random_tree,
+    start_cli,
+)
 from _hostile_server import HostileServer
 
 pytestmark = pytest.mark.network

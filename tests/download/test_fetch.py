@@ -295,10 +295,9 @@ def test_fetch_from_dir_and_ftp(kind: str, tree: Path, cache: Cache) -> None:
 
 
 def test_fetch_from_iso(cache: Cache) -> None:
-    pytest.importorskip("treeboot.locate.iso")
     iso = SHARED / "fixtures" / "fakemedia" / "fake-f26-netinst.iso"
     if not iso.is_file():
-        pytest.skip(f"{iso} not found")
+        pytest.skip(f"{iso} not found: needs ../shared's fakemedia fixtures")
     ident = Identification(
         location=str(iso), media=Media.ISO, os=None, family=None, name=None, version=None,
         arch=None, installer=None, kernel="isolinux/vmlinuz", initrd="isolinux/initrd.img",
@@ -594,7 +593,6 @@ def debian_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def test_identify_and_fetch_debian_tree(debian_mirror: tuple[Path, str], cache: Cache) -> None:
-    pytest.importorskip("treeboot.detect.identify")
     root, rel = debian_mirror
     package = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
     with serve_http(root, latency=0.02) as srv:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from _hostile_helpers import INITRD, KERNEL, assert_clean_cache, blobs, treeinfo, write_tree
 from _hostile_server import HostileServer, make_tls_context, start_ftp
 from treeboot.errors import ChecksumMismatch, TreebootError
 from treeboot.model import Identification, Media
@@ -31,8 +32,6 @@ from treeboot.store.cache import Cache
 pytestmark = pytest.mark.network
 
 TIMEOUT = 2.0  # seconds: the client's network timeout in every case
-KERNEL = "images/pxeboot/vmlinuz"
-INITRD = "images/pxeboot/initrd.img"
 
 
 # --- the served tree ------------------------------------------------------------------------
@@ -46,44 +45,6 @@ class Tree:
 
     def sha(self, role: str) -> str:
         return hashlib.sha256(self.kernel if role == "kernel" else self.initrd).hexdigest()
-
-
-def treeinfo(kernel: bytes, initrd: bytes, *, kernel_path: str = KERNEL) -> str:
-    return f"""[header]
-type = productmd.treeinfo
-version = 1.2
-
-[release]
-name = Fedora
-short = Fedora
-version = 42
-
-[tree]
-arch = x86_64
-platforms = x86_64
-
-[general]
-family = Fedora
-version = 42
-arch = x86_64
-name = Fedora 42
-
-[images-x86_64]
-kernel = {kernel_path}
-initrd = {INITRD}
-
-[checksums]
-{KERNEL} = sha256:{hashlib.sha256(kernel).hexdigest()}
-{INITRD} = sha256:{hashlib.sha256(initrd).hexdigest()}
-"""
-
-
-def write_tree(base: Path, name: str, kernel: bytes, initrd: bytes, info: str) -> None:
-    tree = base / name
-    (tree / "images" / "pxeboot").mkdir(parents=True)
-    (tree / KERNEL).write_bytes(kernel)
-    (tree / INITRD).write_bytes(initrd)
-    (tree / ".treeinfo").write_text(info)
 
 
 @pytest.fixture(scope="module")
@@ -146,46 +107,6 @@ def ident(url: str, tree: Tree, **kw: object) -> Identification:
     }
     fields.update(kw)
     return Identification(**fields)  # type: ignore[arg-type]
-
-
-# --- the clean-cache invariant --------------------------------------------------------------
-
-
-def assert_clean_cache(root: Path, *, partials_allowed: bool = True) -> None:
-    """Blobs are complete and named by their sha256; nothing half-written is visible.
-
-    ``tmp/<key>.part`` (+ ``.json``) may stay for a resumable download, unless the download is
-    known bad (``partials_allowed=False``).
-    """
-    if not root.exists():
-        return
-    for path in root.rglob("*"):
-        if path.is_dir():
-            continue
-        rel = path.relative_to(root)
-        top = rel.parts[0]
-        if top == "blobs":
-            assert rel.parts[:2] == ("blobs", "sha256"), f"stray file {rel}"
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            assert digest == path.name, f"blob {rel} does not hold what its name says"
-        elif top == "index":
-            entry = json.loads(path.read_text())
-            assert (root / "blobs" / "sha256" / entry["sha256"]).is_file(), f"{rel}: no blob"
-        elif top == "tmp":
-            assert path.suffix in (".part", ".json"), f"stray temp file {rel}"
-            assert partials_allowed or path.suffix != ".part", f"bad download kept: {rel}"
-        elif top == "osinfo":  # the detection's parsed-database cache
-            assert path.suffix == ".json", f"stray file {rel}"
-        elif top == "ident":  # identifications to revalidate (treeboot.detect.identcache)
-            assert rel.parts[1:] and path.suffix == ".json", f"stray file {rel}"
-            json.loads(path.read_text())
-        else:
-            assert top in ("locks", "cache.lock"), f"unexpected file {rel}"
-
-
-def blobs(root: Path) -> set[str]:
-    d = root / "blobs" / "sha256"
-    return {p.name for p in d.iterdir()} if d.is_dir() else set()
 
 
 # --- library-level cases --------------------------------------------------------------------
@@ -415,20 +336,6 @@ def cli(
         pytest.fail(f"treeboot {' '.join(args)} still running after {timeout:g} s")
 
 
-def needs_cli(command: str) -> None:
-    import argparse
-
-    from treeboot.cli.main import build_parser
-
-    subparsers = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subparsers or command not in subparsers[0].choices:
-        pytest.skip(f"`treeboot {command}` does not exist yet")
-    try:
-        import treeboot.detect.identify  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("treeboot.detect.identify does not exist yet")
-
-
 def assert_clear_cli_error(proc: subprocess.CompletedProcess[str]) -> None:
     assert proc.returncode not in (0, 70), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -457,7 +364,6 @@ CLI_IDENTIFY_CASES = {
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("mode", CLI_FETCH_CASES)
 def test_cli_fetch_error_is_clear(server: HostileServer, cache_root: Path, mode: str) -> None:
-    needs_cli("fetch")
     args = ["fetch", server.url(mode, "tree/"), "--timeout", str(TIMEOUT), "--json"]
     proc = cli(args, cache_root, timeout=HANG if mode in UNBOUNDED else 120)
     if mode == "range-ignored" and proc.returncode != 0:  # first run truncated: rerun resumes
@@ -474,7 +380,6 @@ def test_cli_fetch_error_is_clear(server: HostileServer, cache_root: Path, mode:
 def test_cli_identify_hostile_metadata(
     server: HostileServer, cache_root: Path, mode: str, tree_name: str
 ) -> None:
-    needs_cli("identify")
     proc = cli(
         ["identify", server.url(mode, f"{tree_name}/"), "--timeout", str(TIMEOUT), "--json"],
         cache_root,
@@ -491,7 +396,6 @@ def test_cli_identify_hostile_metadata(
 
 @pytest.mark.timeout(90)
 def test_cli_dotdot_treeinfo_never_fetches_outside(server: HostileServer, cache_root: Path) -> None:
-    needs_cli("fetch")
     for name in ("dotdot", "absolute"):
         proc = cli(["fetch", server.url("ok", f"{name}/"), "--timeout", str(TIMEOUT)], cache_root)
         assert_clear_cli_error(proc)
@@ -501,7 +405,6 @@ def test_cli_dotdot_treeinfo_never_fetches_outside(server: HostileServer, cache_
 
 @pytest.mark.timeout(90)
 def test_cli_tls_refused_then_insecure_is_loud(tls_server: HostileServer, cache_root: Path) -> None:
-    needs_cli("fetch")
     url = tls_server.url("ok", "tree/")
     proc = cli(["fetch", url, "--timeout", str(TIMEOUT)], cache_root)
     assert_clear_cli_error(proc)

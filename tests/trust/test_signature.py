@@ -463,6 +463,26 @@ def test_cli_fetch_require_signature(
 
 
 @pytest.mark.timeout(120)
+def test_cli_explain_passes_the_keyring_through(
+    served: tuple[DebianTree, HostileServer], key: TestKey, tmp_path: Path
+) -> None:
+    """explain fetches through the same path as install: --keyring and --require-signature
+    reach the signed chain, and a keyring that did not sign the Release is refused."""
+    tree, server = served
+    proc = cli("explain", tree_url(tree, server), "--keyring", str(key.keyring),
+               "--require-signature", "--json", cache=tmp_path / "c1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    verified = {a["role"]: a["verified"] for a in json.loads(proc.stdout)["artifacts"]}
+    assert verified == {"kernel": "signed-chain", "initrd": "signed-chain"}
+    (tmp_path / "other").mkdir()
+    other = make_key(tmp_path / "other")
+    proc = cli("explain", tree_url(tree, server), "--keyring", str(other.keyring),
+               "--require-signature", cache=tmp_path / "c2")  # fmt: skip
+    assert proc.returncode == SignatureError.exit_code, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(120)
 def test_cli_require_signature_refuses_an_unsigned_tree(tmp_path: Path, key: TestKey) -> None:
     tree = make_debian_tree(tmp_path / "srv", key, mode="none")
     server = HostileServer(tmp_path / "srv").start()

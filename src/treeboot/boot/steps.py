@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from treeboot.arch import Architecture
 from treeboot.boot.backends.qemu import quote_cmdline
 from treeboot.boot.plan import BootPlan, DiskPlan, NetworkPlan, VMPaths
+from treeboot.download.boot_files import fetch_boot_files
 from treeboot.errors import (
     BootError,
     DetectionError,
@@ -41,37 +42,22 @@ DEFAULT_DISK_GIB = 20.0
 # -- identify and fetch -------------------------------------------------------------------
 
 
-def local_file(spec: str | None) -> Path | None:
-    """``--kernel``/``--initrd`` name a local file when absolute, ``./``- or ``~``-relative."""
-    if spec is None or not spec.startswith(("/", "./", "../", "~")):
-        return None
-    path = Path(spec).expanduser().resolve()
-    if not path.is_file():
-        raise UsageError(f"{spec}: no such file", hint="give an existing kernel/initrd file")
-    return path
-
-
 def identify_and_fetch(
     request: InstallRequest,
 ) -> tuple[Identification, FetchResult | None, Path, Path]:
     """Identify the location and fetch (or take from the cache) its kernel and initrd."""
-    from treeboot.download.fetch import fetch
-
-    local_kernel, local_initrd = local_file(request.kernel), local_file(request.initrd)
-    if local_kernel and local_initrd:
-        return _identify_or_minimal(request), None, local_kernel, local_initrd
-    result = fetch(
+    files = fetch_boot_files(
         request.location,
+        kernel=request.kernel,
+        initrd=request.initrd,
         arch=request.arch,
-        kernel=None if local_kernel else request.kernel,
-        initrd=None if local_initrd else request.initrd,
         insecure=request.insecure,
         require_signature=request.require_signature,
         keyring=request.keyring,
     )
-    kernel = local_kernel or result.kernel.path
-    initrd = local_initrd or result.initrd.path
-    return result.identification, result, kernel, initrd
+    if files.result is None:
+        return _identify_or_minimal(request), None, files.kernel, files.initrd
+    return files.result.identification, files.result, files.kernel, files.initrd
 
 
 def _identify_or_minimal(request: InstallRequest) -> Identification:

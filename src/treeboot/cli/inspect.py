@@ -78,6 +78,10 @@ def _register_explain(sub: Any) -> None:
     p.add_argument("--no-fetch", action="store_true",
                    help="do not download kernel/initrd (header facts stay unknown)")  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--require-signature", action="store_true",
+                   help="refuse artifacts that no signed chain vouches for")  # fmt: skip
+    p.add_argument("--keyring", type=Path, metavar="FILE",
+                   help="OpenPGP keyring for the signed chain (default: the distro's)")  # fmt: skip
     p.add_argument("--svg", type=Path, metavar="FILE", help="also draw the boot chain as SVG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_explain)
@@ -86,6 +90,7 @@ def _register_explain(sub: Any) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     from treeboot.boot.steps import split_extra_args
     from treeboot.cli.output import notice
+    from treeboot.cli.tree import warn_insecure
     from treeboot.errors import UsageError
     from treeboot.explain.chain import ExplainRequest, explain, format_explanation
     from treeboot.explain.svg import render_svg
@@ -94,8 +99,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         location=args.location, kernel=args.kernel, initrd=args.initrd, arch=args.arch,
         backend=args.backend, memory_mib=args.memory, machine=args.machine, boot=args.boot,
         accel=args.accel, extra_args=split_extra_args(args.extra_args), network=args.network,
-        fetch=not args.no_fetch, insecure=args.insecure, boot_form=args.boot_form,
+        fetch=not args.no_fetch, insecure=args.insecure,
+        require_signature=args.require_signature,
+        keyring=args.keyring.resolve() if args.keyring else None, boot_form=args.boot_form,
     )  # fmt: skip
+    warn_insecure(args)
     ex = explain(request)
     if args.svg is not None:
         try:

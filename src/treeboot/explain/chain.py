@@ -34,7 +34,7 @@ from typing import Any
 from treeboot.arch import Architecture
 from treeboot.artifacts.kernel import KernelImage
 from treeboot.boot.plan import BootPlan, Phase
-from treeboot.boot.steps import local_file
+from treeboot.download.boot_files import fetch_boot_files, local_file
 from treeboot.errors import KernelImageError, UsageError
 from treeboot.explain import handoff as _handoff
 from treeboot.explain.handoff import BootInputs, FwCfgItem, Handoff, Placement, Region
@@ -71,6 +71,8 @@ class ExplainRequest:
     network: str = "user"
     fetch: bool = True
     insecure: bool = False
+    require_signature: bool = False
+    keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
     boot_form: str = "auto"  # as install's --boot-form
 
 
@@ -213,7 +215,9 @@ def _unfetched_artifacts(req: ExplainRequest, location: str) -> list[Artifact]:
     from treeboot.locate.open import open_location
 
     with open_location(location, insecure=req.insecure) as loc:
-        ident = identify_location(loc, arch=req.arch, kernel=req.kernel, initrd=req.initrd)
+        ident = identify_location(
+            loc, arch=req.arch, kernel=req.kernel, initrd=req.initrd, keyring=req.keyring
+        )
         out = []
         for role in ("kernel", "initrd"):
             rel = getattr(ident, role)
@@ -260,24 +264,23 @@ def _gather(req: ExplainRequest) -> _Gathered:
         return _Gathered(
             req.location, _unfetched_artifacts(req, req.location), None, None, req.network
         )
-    from treeboot.download.fetch import fetch
-
-    result = fetch(
+    files = fetch_boot_files(
         req.location,
+        kernel=req.kernel,
+        initrd=req.initrd,
         arch=req.arch,
-        kernel=None if kernel else req.kernel,
-        initrd=None if initrd else req.initrd,
         insecure=req.insecure,
+        require_signature=req.require_signature,
+        keyring=req.keyring,
         progress=False,
     )
-    arts = _fetched_artifacts(result)
-    if kernel:
-        arts[0] = _local_artifact("kernel", kernel)
-    if initrd:
-        arts[1] = _local_artifact("initrd", initrd)
-    return _Gathered(
-        req.location, arts, kernel or result.kernel.path, initrd or result.initrd.path, req.network
-    )
+    assert files.result is not None  # both local files were handled above
+    arts = _fetched_artifacts(files.result)
+    if files.local_kernel:
+        arts[0] = _local_artifact("kernel", files.local_kernel)
+    if files.local_initrd:
+        arts[1] = _local_artifact("initrd", files.local_initrd)
+    return _Gathered(req.location, arts, files.kernel, files.initrd, req.network)
 
 
 @contextlib.contextmanager
@@ -318,6 +321,7 @@ def _plan(
             kernel=str(kernel),
             initrd=str(initrd),
             insecure=req.insecure,
+            keyring=req.keyring,
             # the command, fw_cfg items and map below describe the files as shipped; the
             # form install boots is explained beside them (_boot_form)
             boot_form="classic",
