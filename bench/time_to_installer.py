@@ -134,6 +134,7 @@ class Bench:
         self.classic = self._bare_argv()
         self.forms, self.derive_cost = self._derive()
         self.peaks: dict[str, list[int]] = {}
+        self.cpu: dict[str, list[float]] = {}  # QEMU's CPU seconds at the prompt: less noisy
 
     def _bare_argv(self) -> list[str]:
         """Warm treeboot's cache and take its exact classic QEMU argv from --dry-run."""
@@ -206,6 +207,7 @@ class Bench:
             return wait_for_prompt(log, started, proc)
         finally:
             self.peaks.setdefault(row, []).append(_peak_rss(proc.pid))
+            self.cpu.setdefault(row, []).append(_cpu_seconds(proc.pid))
             stop(proc)
 
     def run_virt_install(self, index: int, libvirt: list[str]) -> float:
@@ -249,6 +251,16 @@ def _peak_rss(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (on a loaded machine, far steadier
+    than wall-clock time: it counts the work, not the wait for a core)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def rows(bench: Bench, arch: str) -> dict[str, Callable[[int], float]]:
@@ -385,9 +397,12 @@ def main() -> int:
                 for name, run in contenders[k:] + contenders[:k]:
                     seconds = run(i)
                     times.setdefault(name, []).append(seconds)
-                    print(f"run {i + 1}: {name:<45} {seconds:6.2f} s", file=sys.stderr)
+                    cpu = bench.cpu.get(name, [0.0])[-1]
+                    print(f"run {i + 1}: {name:<45} {seconds:6.2f} s   qemu cpu {cpu:6.2f} s",
+                          file=sys.stderr)  # fmt: skip
         result = summarize(times, bench.peaks)
         result["cold_derivation"] = bench.derive_cost
+        result["qemu_cpu_seconds"] = bench.cpu
         result["arch"] = args.arch
     if args.json:
         json.dump(result, sys.stdout, indent=2)
