@@ -1,21 +1,23 @@
 """Seconds from command start to the Debian installer's "Select a language" prompt.
 
-    .venv/bin/python bench/time_to_installer.py [--runs 3] [--skip-virt-install] [--json]
+    .venv/bin/python bench/time_to_installer.py [--runs 3] [--arch amd64|arm64]
+        [--skip-virt-install] [--rows SUBSTR,...] [--json]
 
-Three contenders boot the same kernel and initrd (Debian 12 netboot, from a local mirror
-tree served on 127.0.0.1) under TCG with 2 vCPUs and 1 GiB:
+Every row boots the same Debian 12 netboot kernel and initrd (a local mirror tree served on
+127.0.0.1) under TCG with 2 vCPUs and 1 GiB, interleaved in one run, in a rotating order:
 
-- treeboot: ``treeboot install URL --accel tcg --disk none --wait-for 'Select a language'``
-  (identification, verified fetch from a warm cache, plan, QEMU, QMP watch);
-- bare QEMU: the very argv treeboot runs (same guest defaults), started directly, with the
-  serial console on a plain file and no QMP monitor: the floor treeboot is measured against;
-- virt-install 4.1: ``--connect qemu:///system --virt-type qemu --location URL --graphics
-  none --extra-args console=ttyS0 --network none`` (libvirtd/virtlogd are started if they are
-  not running, and then stopped again by PID).
+- treeboot (``--boot-form`` auto, fast, classic): ``treeboot install URL --accel tcg --disk
+  none --wait-for 'Select a language'`` from a warm cache (derived forms included);
+- bare rows: treeboot's own classic argv started directly (serial on a plain file, no QMP),
+  with the kernel/initrd swapped for the derived forms (vmlinux entered through PVH on x86,
+  the initrd inflated) and, one at a time, without each guest default treeboot adds
+  (``-cpu``, virtio-rng, pvpanic, the network); arm64 adds CPU-model rows;
+- virt-install 4.1 (amd64): ``--virt-type qemu --location URL --transient``, against a
+  libvirtd of its own started in a private mount namespace where /dev/kvm is masked.
 
-The prompt is detected the same way for all three: the serial log file is polled every
-20 ms. Runs are interleaved, in a rotating order, so that a change in machine load hits all
-three alike. Prints min and median per contender and the ratios.
+Also printed: the cold derivation cost (wall and CPU seconds, extra cache bytes) and each
+bare row's QEMU peak RSS. The prompt is detected the same way for every row: the serial log
+is polled every 20 ms. Prints min and median per row and the ratios.
 """
 
 from __future__ import annotations
@@ -95,8 +97,27 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # -- contenders ---------------------------------------------------------------------------
 
 
+def _drop(argv: list[str], pred: Callable[[str, str], bool]) -> list[str]:
+    """``argv`` without the option/value pairs for which ``pred(option, value)`` holds."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i].startswith("-") and i + 1 < len(argv) and pred(argv[i], argv[i + 1]):
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def _swap(argv: list[str], option: str, value: str) -> list[str]:
+    out = list(argv)
+    out[out.index(option) + 1] = value
+    return out
+
+
 class Bench:
-    def __init__(self, work: Path, url: str) -> None:
+    def __init__(self, work: Path, url: str, arch: str) -> None:
         self.work = work
         self.url = url
         self.env = dict(
@@ -108,43 +129,68 @@ class Bench:
         # Measure treeboot as installed: with its bytecode cached (the warm-up writes it).
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.treeboot = [sys.executable, "-m", "treeboot"]
-        self.args = ["--accel", "tcg", "--disk", "none", "--memory", "1024", "--vcpus", "2"]
-        self.bare_argv = self._bare_argv()
+        self.args = ["--accel", "tcg", "--disk", "none", "--memory", "1024", "--vcpus", "2",
+                     "--arch", arch]  # fmt: skip
+        self.classic = self._bare_argv()
+        self.forms, self.derive_cost = self._derive()
+        self.peaks: dict[str, list[int]] = {}
+        self.cpu: dict[str, list[float]] = {}  # QEMU's CPU seconds at the prompt: less noisy
 
     def _bare_argv(self) -> list[str]:
-        """Warm treeboot's cache and take its exact QEMU argv from --dry-run."""
+        """Warm treeboot's cache and take its exact classic QEMU argv from --dry-run."""
         out = subprocess.run(
             [*self.treeboot, "install", self.url, "--name", "bench", *self.args,
-             "--dry-run", "--json"],
+             "--boot-form", "classic", "--dry-run", "--json"],
             env=self.env, check=True, capture_output=True,
         ).stdout  # fmt: skip
         argv: list[str] = json.loads(out)["argv"]
-        bare: list[str] = []
-        skip = 0
-        for i, arg in enumerate(argv):
-            if skip:
-                skip -= 1
-                continue
-            if arg == "-chardev" and argv[i + 1].startswith("socket,id=qmp"):
-                skip = 1
-                continue
-            if arg == "-mon":
-                skip = 1
-                continue
-            if arg == "-chardev" and argv[i + 1].startswith("socket,id=serial0"):
-                bare += ["-chardev", f"file,id=serial0,path={self.work / 'bare.log'}"]
-                skip = 1
-                continue
-            bare.append(arg)
-        return bare
+        argv = _drop(argv, lambda o, v: o == "-mon" or v.startswith("socket,id=qmp"))
+        log = self.work / "bare.log"
+        return [a if not a.startswith("socket,id=serial0") else f"file,id=serial0,path={log}"
+                for a in argv]  # fmt: skip
 
-    def run_treeboot(self) -> float:
+    def _derive(self) -> tuple[dict[str, Path], dict[str, Any]]:
+        """Derive the fast forms cold, in this process, timing them (the cold-run overhead)."""
+        from treeboot.prepare.bootform import BootForm, choose_form, firmware_kind, prepare_forms
+        from treeboot.store.cache import Cache
+        from treeboot.store.derived import DerivedStore
+
+        kernel = Path(self.classic[self.classic.index("-kernel") + 1])
+        initrd = Path(self.classic[self.classic.index("-initrd") + 1])
+        arch = "x86_64" if "x86_64" in self.classic[0] else "aarch64"
+        choice = choose_form(arch, firmware_kind(arch, None), "tcg", BootForm.FAST)
+        store = DerivedStore(Cache(self.work / "cache"))
+        started, cpu = time.monotonic(), time.process_time()
+        prepared = prepare_forms(choice, kernel, initrd, kernel_sha256=kernel.name,
+                                 initrd_sha256=initrd.name, store=store)  # fmt: skip
+        cost = {
+            "wall_seconds": round(time.monotonic() - started, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3),
+            "extra_cache_bytes": store.usage(),
+            "derived": {k: e.__dict__ for k, e in prepared.derived.items()},
+        }
+        return {"kernel": prepared.kernel, "initrd": prepared.initrd}, cost
+
+    def variant(self, kernel: str = "classic", initrd: str = "classic",
+                drop: tuple[str, ...] = (), cpu: str | None = None) -> list[str]:  # fmt: skip
+        argv = list(self.classic)
+        if kernel == "fast":
+            argv = _swap(argv, "-kernel", str(self.forms["kernel"]))
+        if initrd == "fast":
+            argv = _swap(argv, "-initrd", str(self.forms["initrd"]))
+        if cpu is not None:
+            argv = _swap(argv, "-cpu", cpu)
+        for what in drop:
+            argv = _drop(argv, _DROPS[what])
+        return argv
+
+    def run_treeboot(self, form: str) -> float:
         log = self.work / "home" / "vms" / "bench" / "console.log"
         log.unlink(missing_ok=True)
         started = time.monotonic()
         proc = subprocess.Popen(
             [*self.treeboot, "install", self.url, "--name", "bench", *self.args,
-             "--wait-for", PROMPT.decode(), "--wait", str(LIMIT)],
+             "--boot-form", form, "--wait-for", PROMPT.decode(), "--wait", str(LIMIT)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -152,23 +198,24 @@ class Bench:
         finally:
             proc.wait(60)
 
-    def run_bare(self) -> float:
+    def run_bare(self, row: str, argv: list[str]) -> float:
         log = self.work / "bare.log"
         log.unlink(missing_ok=True)
         started = time.monotonic()
-        proc = subprocess.Popen(self.bare_argv, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             return wait_for_prompt(log, started, proc)
         finally:
+            self.peaks.setdefault(row, []).append(_peak_rss(proc.pid))
+            self.cpu.setdefault(row, []).append(_cpu_seconds(proc.pid))
             stop(proc)
 
-    def run_virt_install(self, index: int) -> float:
+    def run_virt_install(self, index: int, libvirt: list[str]) -> float:
         name = f"treeboot-bench-{os.getpid()}-{index}"
         log = Path(f"/var/log/libvirt/qemu/{name}-serial.log")
         argv = [
-            "virt-install", "--connect", "qemu:///system", "--virt-type", "qemu",
-            "--name", name, "--memory", "1024", "--vcpus", "2",
+            *libvirt, "virt-install", "--connect", "qemu:///system", "--virt-type", "qemu",
+            "--name", name, "--memory", "1024", "--vcpus", "2", "--transient",
             "--location", self.url, "--graphics", "none",
             "--extra-args", "console=ttyS0", "--network", "none", "--disk", "none",
             "--osinfo", "detect=on,require=off",
@@ -180,42 +227,107 @@ class Bench:
             return wait_for_prompt(log, started, None)
         finally:
             stop(proc)
-            for cmd in (["destroy", name], ["undefine", name]):
-                subprocess.run([*VIRSH, *cmd], capture_output=True, check=False)
+            virsh = [*libvirt, "virsh", "--connect", "qemu:///system"]
+            subprocess.run([*virsh, "destroy", name], capture_output=True, check=False)
             log.unlink(missing_ok=True)
             log.with_name(f"{name}.log").unlink(missing_ok=True)  # libvirt's domain log
+
+
+# What each guest default is, as (option, value) predicates, to measure it by its absence.
+_DROPS: dict[str, Callable[[str, str], bool]] = {
+    "cpu": lambda o, v: o == "-cpu",
+    "rng": lambda o, v: o == "-device" and v.startswith("virtio-rng"),
+    "pvpanic": lambda o, v: o == "-device" and v.startswith("pvpanic"),
+    "net": lambda o, v: o == "-netdev" or (o == "-device" and v.startswith("virtio-net")),
+}
+
+
+def _peak_rss(pid: int) -> int:
+    """QEMU's peak resident memory (VmHWM, bytes): guest RAM touched plus QEMU itself."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (on a loaded machine, far steadier
+    than wall-clock time: it counts the work, not the wait for a core)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rows(bench: Bench, arch: str) -> dict[str, Callable[[int], float]]:
+    """Every contender of the table, by name (bench.variant builds the bare argvs)."""
+    v = bench.variant
+    bare: dict[str, list[str]] = {
+        "bare classic": v(),
+        "bare raw-initrd": v(initrd="fast"),
+        "bare fast (vmlinux/Image + raw initrd)": v(kernel="fast", initrd="fast"),
+        "bare fast, no -cpu (QEMU default model)": v("fast", "fast", drop=("cpu",)),
+        "bare fast, no virtio-rng": v("fast", "fast", drop=("rng",)),
+        "bare fast, no pvpanic": v("fast", "fast", drop=("pvpanic",)),
+        "bare fast, no network": v("fast", "fast", drop=("net",)),
+    }
+    if arch == "amd64":
+        bare["bare vmlinux + initrd.gz"] = v(kernel="fast")
+    else:
+        bare["bare classic, -cpu cortex-a57"] = v(cpu="cortex-a57")
+        bare["bare classic, -cpu max,pauth-impdef=on"] = v(cpu="max,pauth-impdef=on")
+        bare["bare fast, -cpu max,pauth-impdef=on"] = v("fast", "fast", cpu="max,pauth-impdef=on")
+    out: dict[str, Callable[[int], float]] = {
+        "treeboot": lambda i: bench.run_treeboot("auto"),
+        "treeboot --boot-form classic": lambda i: bench.run_treeboot("classic"),
+    }
+    if arch != "amd64":  # on amd64, auto is fast already
+        out["treeboot --boot-form fast"] = lambda i: bench.run_treeboot("fast")
+    for name, argv in bare.items():
+        out[name] = functools.partial(lambda n, a, i: bench.run_bare(n, a), name, argv)
+    return out
 
 
 # -- libvirt daemons ----------------------------------------------------------------------
 
 
-def _running(pidfile: Path, marker: str) -> bool:
-    try:
-        pid = int(pidfile.read_text().strip())
-        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-
-
 @contextlib.contextmanager
-def libvirt_daemons() -> Iterator[None]:
-    """Start virtlogd/libvirtd if they are not running; stop (by PID) only what we started."""
-    started: list[Path] = []
-    for daemon in ("virtlogd", "libvirtd"):
-        pidfile = Path(f"/run/{daemon}.pid")
-        if not _running(pidfile, daemon):
-            subprocess.run([daemon, "-d"], check=True)
-            for _ in range(100):
-                if _running(pidfile, daemon):
-                    break
-                time.sleep(0.1)
-            started.append(pidfile)
+def private_libvirt(work: Path) -> Iterator[list[str]]:
+    """virtlogd + libvirtd of our own in a private mount namespace, where /dev/kvm is masked
+    (so libvirt uses TCG, like treeboot) and /run/libvirt is a fresh tmpfs (so its sockets do
+    not meet another libvirtd on this machine). Yields the prefix that runs a command in that
+    namespace; stops both daemons and the namespace holder by PID afterwards."""
+    pids = {d: work / f"{d}.pid" for d in ("virtlogd", "libvirtd")}
+    script = (
+        "set -e; mkdir -p /run/libvirt; mount -t tmpfs tmpfs /run/libvirt;"
+        " mount --bind /dev/null /dev/kvm;"
+        f" virtlogd -d -p {pids['virtlogd']}; libvirtd -d -p {pids['libvirtd']};"
+        " echo ready; exec sleep 86400"
+    )
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script], stdout=subprocess.PIPE)  # fmt: skip
+    prefix = ["nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--"]
     try:
-        yield
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != b"ready":
+            raise RuntimeError("could not start libvirtd in a private mount namespace")
+        for _ in range(300):  # libvirtd answers once its socket is up
+            ok = subprocess.run([*prefix, "virsh", "--connect", "qemu:///system", "version"],
+                                capture_output=True, check=False).returncode == 0  # fmt: skip
+            if ok:
+                break
+            time.sleep(0.2)
+        yield prefix
     finally:
-        for pidfile in reversed(started):
+        for daemon in ("libvirtd", "virtlogd"):
             with contextlib.suppress(OSError, ValueError):
-                _terminate(int(pidfile.read_text().strip()), pidfile.stem)
+                _terminate(int(pids[daemon].read_text().strip()), daemon)
+        holder.terminate()
+        holder.wait()
 
 
 def _terminate(pid: int, marker: str, grace: float = 120.0) -> None:
@@ -235,57 +347,72 @@ def _terminate(pid: int, marker: str, grace: float = 120.0) -> None:
 # -- main ---------------------------------------------------------------------------------
 
 
-def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
+def summarize(times: dict[str, list[float]], peaks: dict[str, list[int]]) -> dict[str, Any]:
     stats: dict[str, dict[str, Any]] = {
-        k: {"runs": v, "min": min(v), "median": statistics.median(v)} for k, v in times.items() if v
-    }
+        k: {"runs": [round(x, 2) for x in v], "min": min(v), "median": statistics.median(v),
+            "peak_rss_mib": max(peaks.get(k, [0])) >> 20}
+        for k, v in times.items() if v
+    }  # fmt: skip
     ratios: dict[str, float] = {}
-    for other in ("bare-qemu", "virt-install"):
-        if "treeboot" in stats and other in stats:
+    pairs = [("treeboot", "virt-install"), ("treeboot", "bare fast (vmlinux/Image + raw initrd)"),
+             ("treeboot --boot-form classic", "bare classic"),
+             ("bare fast (vmlinux/Image + raw initrd)", "bare classic")]  # fmt: skip
+    pairs += [(k, "bare fast (vmlinux/Image + raw initrd)") for k in stats if "bare fast," in k]
+    for a, b in pairs:
+        if a in stats and b in stats:
             for key in ("min", "median"):
-                ratios[f"treeboot/{other} ({key})"] = (
-                    stats["treeboot"][key] / stats[other][key]
-                )
+                ratios[f"{a} / {b} ({key})"] = stats[a][key] / stats[b][key]
     return {"seconds": stats, "ratios": ratios}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--arch", default="amd64", choices=["amd64", "arm64"])
     parser.add_argument("--skip-virt-install", action="store_true")
+    parser.add_argument("--rows", help="comma-separated substrings: only the matching rows")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--limit", type=float, default=LIMIT, help="seconds per boot")
     args = parser.parse_args()
-    times: dict[str, list[float]] = {"treeboot": [], "bare-qemu": [], "virt-install": []}
+    globals()["LIMIT"] = args.limit  # a loaded machine needs more time per boot
+    times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="treeboot-bench-") as tmp:
         work = Path(tmp)
-        tree = build_debian_tree(work / "mirror")
+        tree = build_debian_tree(work / "mirror", args.arch)
         with serve(work / "mirror") as port, contextlib.ExitStack() as stack:
             url = f"http://127.0.0.1:{port}/{tree.relative_to(work / 'mirror')}/"
-            bench = Bench(work, url)
-            contenders: list[tuple[str, Callable[[int], float]]] = [
-                ("treeboot", lambda i: bench.run_treeboot()),
-                ("bare-qemu", lambda i: bench.run_bare()),
-            ]
-            if not args.skip_virt_install:
-                stack.enter_context(libvirt_daemons())
-                contenders.append(("virt-install", bench.run_virt_install))
+            bench = Bench(work, url, args.arch)
+            print(f"cold derivation: {json.dumps(bench.derive_cost)}", file=sys.stderr)
+            contenders = list(rows(bench, args.arch).items())
+            if not args.skip_virt_install and args.arch == "amd64":
+                prefix = stack.enter_context(private_libvirt(work))
+                contenders.append(("virt-install", lambda i: bench.run_virt_install(i, prefix)))
+            if args.rows:
+                wanted = args.rows.split(",")
+                contenders = [(n, r) for n, r in contenders if any(w in n for w in wanted)]
             for i in range(args.runs):
                 # Rotate the order each round: no contender always runs first (or after
                 # virt-install's libvirt churn).
-                k = i % len(contenders)
+                k = i * 3 % len(contenders)
                 for name, run in contenders[k:] + contenders[:k]:
                     seconds = run(i)
-                    times[name].append(seconds)
-                    print(f"run {i + 1}: {name:<13} {seconds:6.2f} s", file=sys.stderr)
-    result = summarize(times)
+                    times.setdefault(name, []).append(seconds)
+                    cpu = bench.cpu.get(name, [0.0])[-1]
+                    print(f"run {i + 1}: {name:<45} {seconds:6.2f} s   qemu cpu {cpu:6.2f} s",
+                          file=sys.stderr)  # fmt: skip
+        result = summarize(times, bench.peaks)
+        result["cold_derivation"] = bench.derive_cost
+        result["qemu_cpu_seconds"] = bench.cpu
+        result["arch"] = args.arch
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
         return 0
     for name, s in result["seconds"].items():
-        print(f"{name:<13} min {s['min']:6.2f} s   median {s['median']:6.2f} s")
+        print(f"{name:<45} min {s['min']:6.2f} s   median {s['median']:6.2f} s"
+              f"   peak RSS {s['peak_rss_mib']} MiB")  # fmt: skip
     for name, ratio in result["ratios"].items():
-        print(f"{name:<32} {ratio:5.3f}")
+        print(f"{name:<80} {ratio:5.3f}")
     return 0
 
 

@@ -23,7 +23,7 @@ from treeboot.artifacts.kernel import predict_fw_cfg, read_kernel
 from treeboot.cli.main import main
 from treeboot.devtree import build_debian_tree
 from treeboot.errors import UsageError
-from treeboot.explain.chain import ExplainRequest, Explanation, explain
+from treeboot.explain.chain import ExplainRequest, Explanation, explain, format_explanation
 from treeboot.explain.handoff import BootInputs, load_handoff_rules, place
 from treeboot.explain.svg import render_svg
 
@@ -36,7 +36,7 @@ MiB = 1 << 20
 JSON_KEYS = [
     "backend", "arch", "machine", "boot", "memory_mib", "location", "identification",
     "artifacts", "kernel", "cmdline", "qemu", "handoff", "fw_cfg", "memory_map", "sequence",
-    "notes", "warnings", "assumptions",
+    "notes", "warnings", "assumptions", "boot_form",
 ]  # fmt: skip
 
 
@@ -125,6 +125,18 @@ def test_json_keys_are_stable(tree: Path, capsys: pytest.CaptureFixture[str]) ->
     assert set(d["qemu"]) == {"binary", "argv", "command"}
     assert set(d["sequence"][0]) == {"from", "to", "text"}
     assert d["kernel"]["setup_size"] == 20480 and d["memory_mib"] >= 64
+
+
+def test_boot_form_is_explained_with_its_reason_and_hand_off(tree: Path) -> None:
+    tcg = explain(ExplainRequest(str(tree), accel="tcg"))
+    assert tcg.boot_form is not None and tcg.boot_form.kernel == "vmlinux-pvh"
+    text = format_explanation(tcg)
+    assert "Boot form: fast (kernel vmlinux-pvh, initrd raw)" in text
+    assert "pvh.bin" in text and "bench/time_to_installer.py" in text
+    classic = explain(ExplainRequest(str(tree), accel="tcg", boot_form="classic"))
+    assert classic.boot_form is not None and "linuxboot_dma.bin" in classic.boot_form.handoff
+    uefi = explain(ExplainRequest(str(tree), accel="tcg", boot="uefi", boot_form="fast"))
+    assert uefi.boot_form is not None and uefi.boot_form.kernel == "original"
 
 
 def test_uefi_uses_the_same_fw_cfg_items_and_places_nothing(tree: Path, x86: Explanation) -> None:

@@ -45,6 +45,7 @@ from treeboot.boot.watch import (
 from treeboot.errors import BootError, UsageError
 from treeboot.model import FetchResult, Identification
 from treeboot.notices import notice
+from treeboot.prepare.bootform import PreparedForms
 
 log = logging.getLogger("treeboot.install")
 
@@ -59,6 +60,7 @@ class InstallResult:
     run: RunResult | None = None
     trace_report: str | None = None
     secrets: list[str] = field(default_factory=list)
+    boot_form: PreparedForms | None = None
 
     @property
     def exit_code(self) -> int:
@@ -76,6 +78,8 @@ class InstallResult:
         }
         if self.fetch is not None:
             d["fetch"] = self.fetch.to_json()
+        if self.boot_form is not None:
+            d["boot_form"] = self.boot_form.to_json()
         if self.run is not None:
             d["result"] = self.run.to_json()
         if self.trace_report is not None:
@@ -120,11 +124,15 @@ def install(
         )
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
         plan = replace(plan, cdrom=cdrom)
+        forms = prep.boot_form(request, plan, fetched, kernel, initrd, dry_run=dry_run)
+        plan = replace(plan, kernel=forms.kernel, boot_form=_form_label(forms))
+        initrd = forms.initrd
         try:
             plan = _prepare_files(plan, request, ident, payload, initrd, dry_run=dry_run)
             argv = render_qemu_argv(plan, Phase.INSTALL)
             result = InstallResult(
-                plan, argv, ident, accel, dry_run, fetched, secrets=payload.secrets
+                plan, argv, ident, accel, dry_run, fetched, secrets=payload.secrets,
+                boot_form=forms,
             )
             if dry_run:
                 return result
@@ -156,6 +164,15 @@ def _prepare_files(
         plan = replace(plan, seed_iso=seed, temp_files=[*plan.temp_files, seed])
     disk = prep.disk_plan(request, ident, plan.arch, paths, dry_run=dry_run)
     return replace(plan, disk=disk)
+
+
+def _form_label(forms: PreparedForms) -> str:
+    c = forms.choice
+    used = [f"{role} {forms.derived[role].kind}" for role in ("kernel", "initrd")
+            if role in forms.derived and forms.derived[role].error is None]  # fmt: skip
+    if forms.fallbacks:
+        used.append("original for " + "; ".join(forms.fallbacks))
+    return f"{c.form}: " + (", ".join(used) if used else "original kernel and initrd")
 
 
 def _remove(paths: list[Path]) -> None:
@@ -235,6 +252,8 @@ def describe(result: InstallResult) -> str:
         f"os:        {ident.name or ident.os or 'unknown'} ({ident.installer or 'installer?'})",
         f"arch:      {p.arch}   accel: {p.accel} ({result.accel.reason})",
         f"machine:   {p.machine or p.arch.machine()}, {p.vcpus} vCPUs, {p.memory_mib} MiB",
+        f"boot form: {p.boot_form} ({result.boot_form.choice.reason if result.boot_form else ''})",
+        f"hand-off:  {result.boot_form.choice.handoff if result.boot_form else ''}",
         f"kernel:    {p.kernel}",
         f"initrd:    {p.initrd}",
         f"cmdline:   {' '.join(p.cmdline)}",

@@ -87,6 +87,7 @@ class BootPlan:
     firmware: Path | None = None  # None: arch.firmware() in phase 2, QEMU default otherwise
     no_reboot: bool = False  # stop after the installer ends (no phase 2)
     trace_boot: bool = False
+    boot_form: str | None = None  # "fast: vmlinux-pvh + raw initrd" (prepare/bootform.py)
     extra_qemu_args: list[str] = field(default_factory=list)
     location: str | None = None
     os: str | None = None

@@ -38,6 +38,7 @@ class InstallRequest:
     unattended: str | None = None  # --unattended key=value,...
     unattended_file: Path | None = None
     trace_boot: bool = False
+    boot_form: str = "auto"  # auto | classic | fast (treeboot.prepare.bootform.BootForm)
     kernel: str | None = None
     initrd: str | None = None
     insecure: bool = False
@@ -57,6 +58,8 @@ class InstallRequest:
             ConsoleMode(self.console)
         except ValueError as e:
             raise UsageError(f"--console {self.console}: use log, attach or none") from e
+        if self.boot_form not in ("auto", "classic", "fast"):
+            raise UsageError(f"--boot-form {self.boot_form}: use auto, classic or fast")
         if self.wait is not None and self.wait < 0:
             raise UsageError("--wait must be 0 or more seconds (omit it to wait until the end)")
         if self.wait == 0 and self.wait_for is not None:

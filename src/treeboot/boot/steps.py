@@ -30,6 +30,7 @@ from treeboot.run import find_binary, run
 if TYPE_CHECKING:
     from treeboot.artifacts.cpio import InjectFile
     from treeboot.boot.request import InstallRequest
+    from treeboot.prepare.bootform import PreparedForms
 
 DEFAULT_VCPUS = 2
 DEFAULT_MEMORY_MIB = 1024
@@ -474,3 +475,33 @@ def seed_volume(payload: Payload, paths: VMPaths, *, dry_run: bool) -> Path | No
         dest.unlink(missing_ok=True)
         write_seed_iso(payload.files, dest)
     return dest
+
+
+# -- boot form ----------------------------------------------------------------------------
+
+
+def boot_form(
+    request: InstallRequest,
+    plan: BootPlan,
+    fetched: FetchResult | None,
+    kernel: Path,
+    initrd: Path,
+    *,
+    dry_run: bool,
+) -> PreparedForms:
+    """Choose the form to boot (rules/boot_forms.toml, --boot-form) and derive it."""
+    from treeboot.prepare.bootform import choose_form, firmware_kind, prepare_forms
+
+    firmware = firmware_kind(str(plan.arch), plan.firmware)
+    choice = choose_form(str(plan.arch), firmware, plan.accel, request.boot_form)
+    k_sha = fetched.kernel.sha256 if fetched and fetched.kernel.path == kernel else None
+    i_sha = fetched.initrd.sha256 if fetched and fetched.initrd.path == initrd else None
+    prepared: PreparedForms = prepare_forms(
+        choice,
+        kernel,
+        initrd,
+        kernel_sha256=k_sha,
+        initrd_sha256=i_sha,
+        dry_run=dry_run,
+    )
+    return prepared

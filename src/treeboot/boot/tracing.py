@@ -357,6 +357,10 @@ def compare_prediction(trace: BootTrace, prediction: Mapping[str, Any]) -> list[
 
 def _prediction_lines(trace: BootTrace, prediction: Mapping[str, Any] | None) -> list[str]:
     if prediction is None:
+        rom = trace.option_rom
+        if rom is not None and rom.name.endswith("pvh.bin"):  # --boot-form fast: ELF vmlinux
+            return ["  prediction: none for a PVH entry (QEMU loads the vmlinux's ELF segments"
+                    " itself; the bzImage setup rules do not apply)"]  # fmt: skip
         return []
     compared = [k for k in COMPARED if prediction.get(k) is not None]
     seen = trace.to_json()

@@ -73,6 +73,8 @@ def _register_explain(sub: Any) -> None:
     p.add_argument("--extra-args", action="append", default=[], metavar="ARGS",
                    help="more kernel arguments (repeatable)")  # fmt: skip
     p.add_argument("--network", default="user", metavar="user|none", help="as install")
+    p.add_argument("--boot-form", choices=["auto", "classic", "fast"], default="auto",
+                   help="as install: which form of kernel and initrd is booted")  # fmt: skip
     p.add_argument("--no-fetch", action="store_true",
                    help="do not download kernel/initrd (header facts stay unknown)")  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
@@ -99,7 +101,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         accel=args.accel, extra_args=split_extra_args(args.extra_args), network=args.network,
         fetch=not args.no_fetch, insecure=args.insecure,
         require_signature=args.require_signature,
-        keyring=args.keyring.resolve() if args.keyring else None,
+        keyring=args.keyring.resolve() if args.keyring else None, boot_form=args.boot_form,
     )  # fmt: skip
     warn_insecure(args)
     ex = explain(request)

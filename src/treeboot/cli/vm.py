@@ -68,6 +68,9 @@ def _register_install(sub: Any) -> None:
     add("--initrd", help="initrd: path in the tree, or a local ./file or /file")
     add("--trace-boot", action="store_true",
         help="trace fw_cfg and compare what QEMU loaded to the prediction")
+    add("--boot-form", choices=["auto", "classic", "fast"], default="auto",
+        help="classic: kernel and initrd as shipped; fast: forms derived on the host (vmlinux"
+        " via PVH, inflated initrd); auto: per arch/firmware/accel (rules/boot_forms.toml)")
     add("--insecure", action="store_true", help="do not verify TLS certificates")
     add("--require-signature", action="store_true",
         help="refuse artifacts not covered by a verified signature")
@@ -105,6 +108,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         unattended=args.unattended,
         unattended_file=args.unattended_file,
         trace_boot=args.trace_boot,
+        boot_form=args.boot_form,
         kernel=args.kernel,
         initrd=args.initrd,
         insecure=args.insecure,

@@ -39,6 +39,7 @@ from treeboot.errors import KernelImageError, UsageError
 from treeboot.explain import handoff as _handoff
 from treeboot.explain.handoff import BootInputs, FwCfgItem, Handoff, Placement, Region
 from treeboot.model import FetchResult, Identification, Verified
+from treeboot.prepare.bootform import FormChoice, KernelForm, choose_form, firmware_kind
 from treeboot.store.cache import file_sha256
 
 BACKENDS = ("qemu",)
@@ -72,6 +73,7 @@ class ExplainRequest:
     insecure: bool = False
     require_signature: bool = False
     keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
+    boot_form: str = "auto"  # as install's --boot-form
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class Explanation:
     sequence: list[tuple[str, str, str]]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    boot_form: FormChoice | None = None
 
     @property
     def title(self) -> str:
@@ -156,6 +159,7 @@ class Explanation:
             "notes": self.notes,
             "warnings": self.warnings,
             "assumptions": p.assumptions,
+            "boot_form": self.boot_form.to_json() if self.boot_form else None,
         }
 
 
@@ -318,6 +322,9 @@ def _plan(
             initrd=str(initrd),
             insecure=req.insecure,
             keyring=req.keyring,
+            # the command, fw_cfg items and map below describe the files as shipped; the
+            # form install boots is explained beside them (_boot_form)
+            boot_form="classic",
         )
         result = install(request, dry_run=True)
         plan, argv = result.plan, list(result.argv)
@@ -434,6 +441,13 @@ def explain(req: ExplainRequest) -> Explanation:
         "installer": (ident.installer if ident else None) or "the initrd's own program",
     }
     sequence = [(s.source, s.target, _fill(s.text, values)) for s in handoff.steps]
+    form = _boot_form(req, plan, handoff.firmware_file)
+    notes = list(handoff.notes)
+    if form.kernel is not KernelForm.ORIGINAL:
+        notes.append(
+            f"boot form {form.form}: install boots the {form.kernel} derived from this kernel"
+            " (see Boot form); the command, fw_cfg items and map show the classic form"
+        )
     return Explanation(
         backend=req.backend,
         arch=plan.arch,
@@ -451,9 +465,16 @@ def explain(req: ExplainRequest) -> Explanation:
         placement=placement,
         firmware_path=firmware,
         sequence=sequence,
-        notes=[*handoff.notes, *_ram_notes(placement, plan.memory_mib)],
+        notes=[*notes, *_ram_notes(placement, plan.memory_mib)],
         warnings=[*warnings, *placement.warnings],
+        boot_form=form,
     )
+
+
+def _boot_form(req: ExplainRequest, plan: BootPlan, firmware_file: str | None) -> FormChoice:
+    """The form install boots (rules/boot_forms.toml), for the firmware explained here."""
+    firmware = "uefi" if firmware_file else firmware_kind(str(plan.arch), None)
+    return choose_form(str(plan.arch), firmware, plan.accel, req.boot_form)
 
 
 def _ram_notes(p: Placement, memory_mib: int) -> list[str]:
@@ -556,6 +577,11 @@ def format_explanation(ex: Explanation) -> str:
     lines += ["", f"Kernel command line ({size} bytes with the NUL{limit})"]
     lines += _wrap(ex.cmdline_text or "(empty)", "  ", "")
     lines += ["", "QEMU command (as treeboot install runs it)", "  " + format_argv(ex.argv)]
+    if ex.boot_form is not None:
+        f = ex.boot_form
+        lines += ["", f"Boot form: {f.form} (kernel {f.kernel}, initrd {f.initrd})"]
+        lines += _wrap(f"why: {f.reason}", "  ", "    ")
+        lines += _wrap(f"hand-off: {f.handoff}", "  ", "    ")
     lines += ["", f"Firmware: {h.firmware}; loader: {h.loader}"]
     if ex.firmware_path:
         lines.append(f"  firmware file {ex.firmware_path}")

@@ -264,6 +264,7 @@ class Cache:
             self._prune_index(report)
             self._prune_tmp(report, everything, cutoff)
             self._prune_ident(report, everything, cutoff)
+            self._prune_derived(report, everything, cutoff)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -312,6 +313,17 @@ class Cache:
             except FileNotFoundError:
                 continue
             if everything or stale or p.suffix != ".json":
+                self._remove(p, report)
+
+    def _prune_derived(self, report: PruneReport, everything: bool, cutoff: float | None) -> None:
+        """Derived forms (store/derived.py: derived/<kind>/<sha256>[.json]) go with ``--all``
+        or when unused for ``older_than_days``; they can always be derived again."""
+        for p in sorted((self.root / "derived").glob("*/*")):
+            try:
+                stale = cutoff is not None and p.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
+            if (everything or stale) and p.suffix in ("", ".json"):
                 self._remove(p, report)
 
     def _prune_index(self, report: PruneReport) -> None:
