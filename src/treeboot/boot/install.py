@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, firmware_info
 from treeboot.boot import steps as prep
 from treeboot.boot.accel import AccelChoice, choose_accel
 from treeboot.boot.backends.qemu import render_qemu_argv
@@ -106,6 +106,8 @@ def install(
         _refuse_running(request.name, paths)
     ident, fetched, kernel, initrd = prep.identify_and_fetch(request)
     arch = prep.guest_arch(request, ident)
+    if not dry_run:  # explain (a dry run) reports a foreign kernel as a warning instead
+        prep.check_kernel_arch(kernel, arch)
     accel = choose_accel(request.accel, arch)
     if accel.accel != request.accel and request.accel == "auto":
         notice(f"using {accel.accel}: {accel.reason}")
@@ -119,7 +121,11 @@ def install(
             request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
         )
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
-        plan = replace(plan, cdrom=cdrom)
+        firmware, nvram = prep.boot_firmware(request, arch, paths, dry_run=dry_run)
+        plan = replace(plan, cdrom=cdrom, firmware=firmware, nvram=nvram)
+        if not plan.no_reboot and not firmware_info(firmware).boots_disk:
+            notice(f"{arch} ({firmware} firmware) cannot boot a disk: stopping after the installer")
+            plan = replace(plan, no_reboot=True)
         try:
             plan = _prepare_files(plan, request, ident, payload, initrd, dry_run=dry_run)
             argv = render_qemu_argv(plan, Phase.INSTALL)

@@ -44,6 +44,7 @@ class InstallRequest:
     require_signature: bool = False
     keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
     force: bool = False
+    boot: str | None = None  # --boot bios|uefi|direct (None: the arch's default firmware)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -56,6 +57,8 @@ class InstallRequest:
             ConsoleMode(self.console)
         except ValueError as e:
             raise UsageError(f"--console {self.console}: use log, attach or none") from e
+        if self.boot is not None and self.boot not in ("bios", "uefi", "direct"):
+            raise UsageError(f"--boot {self.boot}: use bios, uefi or direct")
         if self.wait is not None and self.wait < 0:
             raise UsageError("--wait must be 0 or more seconds (omit it to wait until the end)")
         if self.memory_mib is not None and self.memory_mib < 64:

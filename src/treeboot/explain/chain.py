@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, BootKind, firmware_info
 from treeboot.artifacts.kernel import KernelImage
 from treeboot.boot.plan import BootPlan, Phase
 from treeboot.boot.steps import local_file
@@ -43,7 +43,7 @@ from treeboot.store.cache import file_sha256
 
 BACKENDS = ("qemu",)
 LATER_BACKENDS = ("libvirt", "pxe")
-BOOTS = ("default", "uefi")
+BOOTS = ("default", "bios", "uefi", "direct")
 VERIFIED_HOW = {
     Verified.SIGNED_CHAIN: "sha256 matches the tree's checksum list, which a verified"
     " signature covers",
@@ -314,13 +314,15 @@ def _plan(
             kernel=str(kernel),
             initrd=str(initrd),
             insecure=req.insecure,
+            boot=None if req.boot == "default" else req.boot,
         )
         result = install(request, dry_run=True)
         plan, argv = result.plan, list(result.argv)
-        handoff = rules.find(plan.arch, req.boot)
-        firmware = Path(handoff.firmware_file) if handoff.firmware_file else None
-        if req.machine or firmware:
-            plan = replace(plan, machine=req.machine or plan.machine, firmware=firmware)
+        # The hand-off of the firmware the install would really run (UEFI by default on arm).
+        uefi = firmware_info(plan.boot_firmware).kind is BootKind.UEFI
+        handoff = rules.find(plan.arch, "uefi" if uefi else "default")
+        if req.machine:
+            plan = replace(plan, machine=req.machine)
             argv = render_qemu_argv(plan, Phase.INSTALL)
         if g.kernel is None:  # stand-ins: show where the files would come from
             for path, art in zip((kernel, initrd), g.artifacts, strict=True):

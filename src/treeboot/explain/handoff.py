@@ -559,6 +559,37 @@ def place_riscv_virt(h: Handoff, inp: BootInputs, rules: HandoffRules) -> Placem
     return p
 
 
+def place_mips_malta(h: Handoff, inp: BootInputs, rules: HandoffRules) -> Placement:
+    c = h.constants
+    ram = inp.memory_mib * MiB
+    p = Placement((0, ram))
+    size = inp.kernel_size
+    if inp.image is not None and inp.image.format is ImageFormat.ELF and inp.kernel_path:
+        size = elf_load_size(inp.kernel_path) or size
+    elif inp.image is not None:
+        p.warnings.append(f"the kernel is {inp.image.format}: Malta wants an ELF vmlinux")
+    low = min(ram, c["ram_low_max"])  # the initrd goes at the top of the low 256 MiB
+    initrd = None
+    if inp.initrd_size:
+        initrd = _align_up(low - inp.initrd_size - c["bootmem_reserve"], 4096)
+        if size is not None and c["kernel_addr"] + size >= initrd:
+            p.warnings.append("memory too small for the initrd: QEMU would refuse to start")
+    p.facts = {
+        "kernel_addr": c["kernel_addr"],
+        "kernel_size": size,
+        "initrd_addr": initrd,
+        "initrd_size": inp.initrd_size,
+        "env_addr": c["env_addr"],
+        "bootloader_addr": c["bootloader_addr"],
+    }
+    p.regions = _regions(
+        ("prom env + argv", c["env_addr"], c["env_size"], "cmdline", "YAMON-style environment"),
+        ("vmlinux segments", c["kernel_addr"], size, "kernel", "ELF PT_LOAD, kseg0 -> physical"),
+        ("initrd", initrd, inp.initrd_size, "initrd", "top of low RAM - 128 KiB, page-aligned"),
+    )
+    return p
+
+
 PLACEMENTS: dict[str, Callable[[Handoff, BootInputs, HandoffRules], Placement]] = {
     "x86": place_x86,
     "x86-uefi": place_x86,
@@ -567,6 +598,7 @@ PLACEMENTS: dict[str, Callable[[Handoff, BootInputs, HandoffRules], Placement]] 
     "ppc-spapr": place_ppc_spapr,
     "s390-ipl": place_s390_ipl,
     "riscv-virt": place_riscv_virt,
+    "mips-malta": place_mips_malta,
 }
 
 
