@@ -398,3 +398,27 @@ def test_arm64_placement_matches_qemu_info_roms() -> None:
     assert roms[str(ARM64 / "linux")] == regions["Image"]
     assert roms[str(ARM64 / "initrd.gz")] == regions["initrd"]
     assert roms["dtb"] == regions["device tree"]
+
+
+MALTA = DI / "mips64el/malta"
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(not MALTA.is_dir(), reason="needs debian-installer-12-netboot-mips64el")
+def test_mips_malta_placement_matches_qemu_info_roms() -> None:
+    """Malta has no firmware: QEMU itself puts the ELF segments, the initrd, the YAMON-style
+    environment and the boot stub in RAM; `info roms` lists what it placed where."""
+    kernel = next(MALTA.glob("vmlinuz-*-5kc-malta"))
+    ex = explain(ExplainRequest(kernel=str(kernel), initrd=str(MALTA / "initrd.gz"),
+                                accel="tcg", memory_mib=512))  # fmt: skip
+    assert ex.arch is Architecture.MIPS64EL and ex.machine == "malta"
+    assert ex.handoff.placement == "mips-malta" and "-bios" not in ex.argv
+    out = _qemu_paused(ex.argv, [], "info roms\n")
+    rom = re.compile(r'addr=(?P<addr>[0-9a-f]+) size=0x[0-9a-f]+ mem=ram name="(?P<name>[^"]+)"')
+    roms = {m["name"]: int(m["addr"], 16) for m in rom.finditer(out)}
+    regions = {r.name: r.start for r in ex.placement.regions}
+    assert roms[str(MALTA / "initrd.gz")] == regions["initrd"]
+    assert roms["prom"] == regions["prom env + argv"]
+    assert regions["vmlinux segments"] == min(
+        a for n, a in roms.items() if n.startswith(str(kernel))
+    )

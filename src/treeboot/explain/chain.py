@@ -64,7 +64,7 @@ class ExplainRequest:
     backend: str = "qemu"
     memory_mib: int | None = None
     machine: str | None = None
-    boot: str = "default"  # "default": what install uses; "uefi": UEFI firmware via -bios
+    boot: str = "default"  # "default": what install uses; else as install --boot
     accel: str = "auto"
     extra_args: Sequence[str] = ()
     network: str = "user"
