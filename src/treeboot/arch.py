@@ -69,6 +69,7 @@ class Machine:
     nic: str
     panic: str
     firmware: tuple[Firmware, ...]
+    max_vcpus: int = 0  # 0: no limit of its own
 
 
 class Architecture(StrEnum):

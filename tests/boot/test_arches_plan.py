@@ -172,3 +172,19 @@ def test_mirror_layouts_identify(debarch: str, tmp_path: Path) -> None:
         assert ident.kernel.startswith("current/images/malta/netboot/vmlinuz-")
         assert ident.kernel.endswith("-5kc-malta")
     assert (tree / ident.kernel).is_file() and (tree / ident.initrd).is_file()
+
+
+@pytest.mark.skipif(not (DI_IMAGES / "mips64el").is_dir(), reason="needs d-i mips64el")
+def test_malta_plan_has_one_vcpu_and_no_phase2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = build_debian_tree(tmp_path, "mips64el")
+    rc = main(["install", str(tree), "--name", "malta", "--accel", "tcg", "--disk", "size=4",
+               "--dry-run", "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)["plan"]
+    assert rc == 0 and plan["vcpus"] == 1 and plan["firmware"] == "none"
+    assert plan["no_reboot"] is True and "cannot boot a disk" in captured.err
+    rc = main(["install", str(tree), "--name", "malta", "--accel", "tcg", "--vcpus", "2",
+               "--disk", "none", "--dry-run"])  # fmt: skip
+    assert rc == 2 and "--vcpus 2: QEMU's malta (mips64el) runs at most 1" in capsys.readouterr().err

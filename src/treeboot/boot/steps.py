@@ -165,6 +165,14 @@ def resources(
         memory = (res.get("rec_ram_mib") or res.get("min_ram_mib")) or DEFAULT_MEMORY_MIB
         memory = max(memory, res.get("min_ram_mib") or 0)
     vcpus = request.vcpus or max(DEFAULT_VCPUS, res.get("min_vcpus") or 0)
+    most = arch.facts().max_vcpus
+    if most and vcpus > most:
+        if request.vcpus:
+            raise UsageError(
+                f"--vcpus {vcpus}: QEMU's {arch.machine()} ({arch}) runs at most {most}",
+                hint=f"use --vcpus {most}",
+            )
+        vcpus = most
     return memory, vcpus
 
 
