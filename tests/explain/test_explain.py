@@ -422,3 +422,46 @@ def test_mips_malta_placement_matches_qemu_info_roms() -> None:
     assert regions["vmlinux segments"] == min(
         a for n, a in roms.items() if n.startswith(str(kernel))
     )
+
+
+@needs_arm64
+@pytest.mark.qemu
+def test_arm64_uefi_fw_cfg_matches_qemu_trace(tmp_path: Path) -> None:
+    """With AAVMF (install's default on arm64) QEMU loads nothing itself: the kernel, initrd
+    and command line go to fw_cfg for the firmware, as the explanation says."""
+    from treeboot.boot.tracing import parse_fw_cfg_trace
+
+    ex = explain(ExplainRequest(kernel=str(ARM64 / "linux"), initrd=str(ARM64 / "initrd.gz"),
+                                accel="tcg", memory_mib=512))  # fmt: skip
+    assert ex.handoff.placement == "arm-virt-uefi"
+    code = next(a for a in ex.argv if "if=pflash" in a and "unit=0" in a)
+    trace_file = tmp_path / "fw_cfg.trace"
+    _qemu_paused(ex.argv, ["-drive", code, "-trace", "fw_cfg_add_*", "-D", str(trace_file)],
+                 "info roms\n")  # fmt: skip
+    trace = parse_fw_cfg_trace(trace_file)
+    assert ex.placement.fw_cfg
+    for item in ex.placement.fw_cfg:
+        seen = trace.items[item.key] if item.key is not None else None
+        assert seen is not None, item.name
+        if item.name.endswith("_data"):
+            assert seen.size == item.size, item.name
+        else:
+            assert seen.value == item.value, item.name
+
+
+PPC64EL = DI / "ppc64el/text/debian-installer/ppc64el"
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(not (PPC64EL / "vmlinux").is_file(), reason="needs d-i ppc64el")
+def test_ppc64le_placement_matches_qemu_info_roms() -> None:
+    ex = explain(ExplainRequest(kernel=str(PPC64EL / "vmlinux"),
+                                initrd=str(PPC64EL / "initrd.gz"), accel="tcg",
+                                memory_mib=1024))  # fmt: skip
+    out = _qemu_paused(ex.argv, [], "info roms\n")
+    rom = re.compile(r'addr=(?P<addr>[0-9a-f]+) size=0x[0-9a-f]+ mem=ram name="(?P<name>[^"]+)"')
+    roms = {m["name"]: int(m["addr"], 16) for m in rom.finditer(out)}
+    regions = {r.name: r.start for r in ex.placement.regions}
+    assert roms[str(PPC64EL / "initrd.gz")] == regions["initrd"]
+    kernel = min(a for n, a in roms.items() if n.startswith(str(PPC64EL / "vmlinux")))
+    assert kernel == regions["vmlinux segments"]
