@@ -187,4 +187,5 @@ def test_malta_plan_has_one_vcpu_and_no_phase2(
     assert plan["no_reboot"] is True and "cannot boot a disk" in captured.err
     rc = main(["install", str(tree), "--name", "malta", "--accel", "tcg", "--vcpus", "2",
                "--disk", "none", "--dry-run"])  # fmt: skip
-    assert rc == 2 and "--vcpus 2: QEMU's malta (mips64el) runs at most 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "--vcpus 2: QEMU's malta (mips64el) runs at most 1" in err
