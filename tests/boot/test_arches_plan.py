@@ -184,7 +184,7 @@ def test_malta_plan_has_one_vcpu_and_no_phase2(
     captured = capsys.readouterr()
     plan = json.loads(captured.out)["plan"]
     assert rc == 0 and plan["vcpus"] == 1 and plan["firmware"] == "none"
-    assert plan["no_reboot"] is True and "cannot boot a disk" in captured.err
+    assert plan["no_reboot"] is True and "has no firmware that boots a disk" in captured.err
     rc = main(["install", str(tree), "--name", "malta", "--accel", "tcg", "--vcpus", "2",
                "--disk", "none", "--dry-run"])  # fmt: skip
     err = capsys.readouterr().err

@@ -123,8 +123,9 @@ def install(
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
         firmware, nvram = prep.boot_firmware(request, arch, paths, dry_run=dry_run)
         plan = replace(plan, cdrom=cdrom, firmware=firmware, nvram=nvram)
-        if not plan.no_reboot and not firmware_info(firmware).boots_disk:
-            notice(f"{arch} ({firmware} firmware) cannot boot a disk: stopping after the installer")
+        if not firmware_info(firmware).boots_disk and not plan.no_reboot:
+            if not prep.DiskRequest.parse(request.disk).none:
+                notice(f"{arch} has no firmware that boots a disk: stopping after the installer")
             plan = replace(plan, no_reboot=True)
         try:
             plan = _prepare_files(plan, request, ident, payload, initrd, dry_run=dry_run)
