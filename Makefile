@@ -11,6 +11,9 @@ RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd
 # benchmarks and tests compare against, and the daemons the tests start themselves.
 TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
             debian-installer-12-netboot-arm64 \
+            qemu-system-ppc qemu-system-mips qemu-efi-arm dosfstools mtools \
+            debian-installer-12-netboot-i386 debian-installer-12-netboot-armhf \
+            debian-installer-12-netboot-ppc64el debian-installer-12-netboot-mips64el \
             xorriso genisoimage cpio gpg curl linux-doc busybox-static openssl debconf
 
 .PHONY: run test run-deps test-deps venv test-venv lint clean

@@ -1,7 +1,9 @@
-"""Guest architectures as one StrEnum whose facts are dict lookups (no class per arch).
+"""Guest architectures as one StrEnum whose facts are lookups in ``rules/machines.toml``.
 
 Values are osinfo/Linux arch names. :meth:`Architecture.from_name` also accepts the
-Debian and QEMU spellings (amd64, arm64, ppc64el, i386, ...).
+Debian and QEMU spellings (amd64, arm64, armhf, ppc64el, i386, ...). The machine facts
+(QEMU binary and package, machine type, console, firmware, device models) are data, loaded
+once into frozen dataclasses; there is no class per arch.
 
 :func:`norm_arch` is the one arch normaliser of treeboot: every spelling found in metadata,
 volume descriptors, directory names and on the command line goes through it to the osinfo-db
@@ -10,24 +12,84 @@ volume descriptors, directory names and on the command line goes through it to t
 
 from __future__ import annotations
 
+import functools
 import platform
+import tomllib
+from dataclasses import dataclass
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from treeboot.errors import UsageError
+
+
+class Firmware(StrEnum):
+    """What runs first in the guest, and so who loads and starts the kernel."""
+
+    SEABIOS = "seabios"  # x86 BIOS: its linuxboot option ROM reads the kernel from fw_cfg
+    OVMF = "ovmf"  # x86 UEFI: loads the kernel from fw_cfg, starts it through its EFI stub
+    AAVMF = "aavmf"  # arm64 UEFI, the same for arm64 kernels
+    AAVMF32 = "aavmf32"  # 32-bit arm UEFI
+    SLOF = "slof"  # pseries Open Firmware: QEMU places the ELF kernel in RAM, SLOF starts it
+    S390_CCW = "s390-ccw"  # s390x IPL firmware
+    OPENSBI = "opensbi"  # riscv64 SBI firmware: jumps to the kernel QEMU placed in RAM
+    NONE = "none"  # QEMU loads the kernel itself and jumps to it (MIPS Malta)
+
+
+class BootKind(StrEnum):
+    """``--boot``: the firmware family, where a machine has more than one."""
+
+    BIOS = "bios"  # the machine's own non-UEFI firmware (SeaBIOS, SLOF, OpenSBI, s390-ccw)
+    UEFI = "uefi"
+    DIRECT = "direct"  # no firmware: QEMU loads the kernel and jumps to it itself
+
+
+@dataclass(frozen=True)
+class FirmwareInfo:
+    name: Firmware
+    kind: BootKind
+    package: str
+    boots_disk: bool
+    code: Path | None = None  # pflash code image (UEFI)
+    vars: Path | None = None  # pflash variable store template, copied per VM
+    bios: Path | None = None  # -bios image (None: QEMU's built-in default)
+    disk_kernel: Path | None = None  # phase 2 boot loader loaded with -kernel (riscv64)
+    disk_kernel_package: str = ""
+
+
+@dataclass(frozen=True)
+class Machine:
+    arch: str
+    debian: str
+    qemu: str
+    package: str
+    machine: str
+    tcg_cpu: str
+    console: str
+    kernel_format: str
+    bus: str
+    disk: str
+    nic: str
+    panic: str
+    firmware: tuple[Firmware, ...]
+    max_vcpus: int = 0  # 0: no limit of its own
 
 
 class Architecture(StrEnum):
     X86_64 = "x86_64"
     I686 = "i686"
     AARCH64 = "aarch64"
+    ARMV7L = "armv7l"
     PPC64LE = "ppc64le"
+    MIPS64EL = "mips64el"
     S390X = "s390x"
     RISCV64 = "riscv64"
 
     @classmethod
     def from_name(cls, name: str) -> Architecture:
-        """Parse any common spelling; raise UsageError naming the accepted ones."""
+        """Parse any common spelling (through :func:`norm_arch`); raise UsageError naming the
+        accepted ones."""
         key = norm_arch(name)
         try:
             return cls(_GUEST_ALIASES.get(key, key))
@@ -41,43 +103,99 @@ class Architecture(StrEnum):
     def native(cls) -> Architecture:
         return cls.from_name(platform.machine())
 
+    def facts(self) -> Machine:
+        """This arch's row of ``rules/machines.toml``."""
+        return load_machines()[0][self.value]
+
     def qemu_binary(self) -> str:
-        return _QEMU_BINARY[self]
+        return self.facts().qemu
+
+    def qemu_package(self) -> str:
+        return self.facts().package
 
     def machine(self) -> str:
-        return _MACHINE[self]
+        return self.facts().machine
 
     def default_console(self) -> str:
         """The Linux console device the guest's serial port shows up as."""
-        return _CONSOLE[self]
+        return self.facts().console
 
-    def firmware(self) -> Path | None:
-        """Firmware for booting from disk (phase 2); None means QEMU's built-in default."""
-        path = _FIRMWARE.get(self)
-        return Path(path) if path else None
+    def firmwares(self) -> tuple[Firmware, ...]:
+        """The firmwares this machine can boot with, the default first."""
+        return self.facts().firmware
+
+    def default_firmware(self, boot: BootKind | None = None) -> Firmware:
+        """The firmware for ``--boot`` (None: the arch's default); UsageError if it has none."""
+        choices = self.firmwares()
+        if boot is None:
+            return choices[0]
+        for fw in choices:
+            if firmware_info(fw).kind is boot:
+                return fw
+        have = ", ".join(sorted({firmware_info(f).kind.value for f in choices}))
+        raise UsageError(
+            f"--boot {boot}: {self.value} guests have no {boot} firmware here",
+            hint=f"use --boot {have}" if have else None,
+        )
 
     def kernel_format(self) -> str:
-        return _KERNEL_FORMAT[self]
+        return self.facts().kernel_format
 
     def cpu(self, accel: str) -> str | None:
         """The ``-cpu`` model: the host's under KVM, the richest emulated one under TCG."""
         if accel == "kvm":
             return "host"
-        return _TCG_CPU.get(self)
+        return self.facts().tcg_cpu or None
 
     def device_bus(self) -> str:
         """Suffix of virtio device names: ``virtio-blk-pci`` or ``virtio-blk-ccw``."""
-        return "ccw" if self is Architecture.S390X else "pci"
+        return self.facts().bus
+
+    def disk_device(self) -> str:
+        return self.facts().disk
+
+    def nic_device(self) -> str:
+        return self.facts().nic
 
     def panic_device(self) -> str | None:
         """A device that turns a guest kernel panic into a GUEST_PANICKED QMP event."""
-        return _PANIC_DEVICE.get(self)
+        return self.facts().panic or None
 
     def debian_name(self) -> str:
-        return _DEBIAN_NAME[self]
+        return self.facts().debian
 
     def can_use_kvm_on(self, host: Architecture) -> bool:
         return self is host or (self is Architecture.I686 and host is Architecture.X86_64)
+
+
+def firmware_info(fw: Firmware) -> FirmwareInfo:
+    return load_machines()[1][fw]
+
+
+@functools.cache
+def load_machines() -> tuple[dict[str, Machine], dict[Firmware, FirmwareInfo]]:
+    """Parse ``rules/machines.toml`` (packaged with treeboot) into frozen dataclasses."""
+    text = resources.files("treeboot").joinpath("rules/machines.toml").read_text("utf-8")
+    data = tomllib.loads(text)
+    firmware = {Firmware(k): _firmware(Firmware(k), v) for k, v in data["firmware"].items()}
+    machines = {
+        arch: Machine(arch=arch, **{**row, "firmware": tuple(Firmware(f) for f in row["firmware"])})
+        for arch, row in data["arch"].items()
+    }
+    return machines, firmware
+
+
+def _firmware(name: Firmware, row: dict[str, Any]) -> FirmwareInfo:
+    paths = {k: Path(row[k]) for k in ("code", "vars", "bios", "disk_kernel") if row.get(k)}
+    return FirmwareInfo(
+        name=name,
+        kind=BootKind(row["kind"]),
+        package=row["package"],
+        boots_disk=row["boots_disk"],
+        disk_kernel_package=row.get("disk_kernel_package", ""),
+        **paths,
+    )
+
 
 
 # Spellings in media names, metadata, URLs and Debian/RPM/SUSE/BSD arch names -> osinfo-db
@@ -100,6 +218,7 @@ _SPELLINGS: dict[str, str] = {
     "armv7": "armv7l",
     "armv7hl": "armv7l",
     "armv7hnl": "armv7l",
+    "arm": "armv7l",
     "armel": "armv6l",
     "ppc64el": "ppc64le",
     "p64el": "ppc64le",
@@ -115,7 +234,7 @@ OSINFO_ARCHES = frozenset(
 )  # fmt: skip
 
 # Only for the guests treeboot boots: a big-endian ppc64 request runs as ppc64le.
-_GUEST_ALIASES = {"ppc64": "ppc64le"}
+_GUEST_ALIASES = {"ppc64": "ppc64le", "mips64": "mips64el"}
 
 
 def norm_arch(name: str) -> str:
@@ -136,71 +255,3 @@ def osinfo_arch(name: str | None) -> str | None:
 def arch_spellings(arch: str) -> tuple[str, ...]:
     """Every spelling :func:`norm_arch` maps to ``arch``, the osinfo name first."""
     return (arch, *(k for k, v in _SPELLINGS.items() if v == arch))
-
-_QEMU_BINARY = {
-    Architecture.X86_64: "qemu-system-x86_64",
-    Architecture.I686: "qemu-system-i386",
-    Architecture.AARCH64: "qemu-system-aarch64",
-    Architecture.PPC64LE: "qemu-system-ppc64",
-    Architecture.S390X: "qemu-system-s390x",
-    Architecture.RISCV64: "qemu-system-riscv64",
-}
-
-_MACHINE = {
-    Architecture.X86_64: "q35",
-    Architecture.I686: "q35",
-    Architecture.AARCH64: "virt",
-    Architecture.PPC64LE: "pseries",
-    Architecture.S390X: "s390-ccw-virtio",
-    Architecture.RISCV64: "virt",
-}
-
-_CONSOLE = {
-    Architecture.X86_64: "ttyS0",
-    Architecture.I686: "ttyS0",
-    Architecture.AARCH64: "ttyAMA0",
-    Architecture.PPC64LE: "hvc0",
-    Architecture.S390X: "ttysclp0",
-    Architecture.RISCV64: "ttyS0",
-}
-
-# x86 boots installed disks with SeaBIOS (QEMU's default); the others need UEFI/OpenSBI.
-_FIRMWARE = {
-    Architecture.AARCH64: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-    Architecture.RISCV64: "/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin",
-}
-
-_KERNEL_FORMAT = {
-    Architecture.X86_64: "bzImage",
-    Architecture.I686: "bzImage",
-    Architecture.AARCH64: "Image",
-    Architecture.PPC64LE: "vmlinux",
-    Architecture.S390X: "image",
-    Architecture.RISCV64: "Image",
-}
-
-_TCG_CPU = {
-    Architecture.X86_64: "max",
-    Architecture.I686: "max",
-    Architecture.AARCH64: "max",
-    Architecture.PPC64LE: "power9",
-    Architecture.S390X: "max",
-    Architecture.RISCV64: "rv64",
-}
-
-_PANIC_DEVICE = {
-    Architecture.X86_64: "pvpanic",
-    Architecture.I686: "pvpanic",
-    Architecture.AARCH64: "pvpanic-pci",
-    Architecture.RISCV64: "pvpanic-pci",
-    # pseries and s390x report guest panics to QEMU without an extra device.
-}
-
-_DEBIAN_NAME = {
-    Architecture.X86_64: "amd64",
-    Architecture.I686: "i386",
-    Architecture.AARCH64: "arm64",
-    Architecture.PPC64LE: "ppc64el",
-    Architecture.S390X: "s390x",
-    Architecture.RISCV64: "riscv64",
-}

@@ -11,10 +11,14 @@ installed ``debian-installer-12-netboot-<arch>`` package, like ``deb.debian.org`
                 version.info
                 debian-installer/amd64/{linux,initrd.gz,pxelinux.0,...}
 
+Each arch is laid out as its mirror directory is: amd64, i386, arm64 and ppc64el as above,
+armhf with ``netboot/{vmlinuz,initrd.gz}`` at the top of ``netboot/`` too, mips64el per
+platform flavour, ``{malta,loongson-3,octeon}/netboot/{vmlinuz-<version>-<flavour>,initrd.gz}``.
+
 :func:`build_treeinfo_tree` writes a Fedora-like tree (``.treeinfo`` with ``[checksums]``) with
 small deterministic fake kernel/initrd files.
 
-Usage: ``python -m treeboot.devtree debian|fedora DIR`` prints the tree's path.
+Usage: ``python -m treeboot.devtree debian|fedora DIR [DEBIAN-ARCH]`` prints the tree's path.
 """
 
 from __future__ import annotations
@@ -31,30 +35,46 @@ from treeboot.errors import MissingToolError
 from treeboot.store.cache import file_sha256
 
 DI_IMAGES = Path("/usr/lib/debian-installer/images/12")
-DEBIAN_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+DEBIAN_ARCHES = {
+    "amd64": "x86_64",
+    "i386": "i686",
+    "arm64": "aarch64",
+    "armhf": "armv7l",
+    "ppc64el": "ppc64le",
+    "mips64el": "mips64el",
+}
+_MIPS_FLAVOURS = ("malta", "loongson-3", "octeon")
 _MANIFEST_TEXT = {
     "netboot/debian-installer": "PXE boot directory for tftp server",
     "netboot/netboot.tar.gz": "tarball of PXE boot directory",
     "netboot/mini.iso": "tiny CD image that boots the netboot installer",
+    "netboot/vmlinuz": "kernel for use with TFTP",
+    "netboot/initrd.gz": "initrd for use with TFTP",
 }
 
 
 def build_debian_tree(root: Path, arch: str = "amd64", *, suite: str = "bookworm") -> Path:
     """Lay out ``root/dists/<suite>/main/installer-<arch>/``; return that directory."""
-    source = DI_IMAGES / arch / "text"
-    if not (source / "debian-installer" / arch / "linux").is_file():
+    source = DI_IMAGES / arch if arch == "mips64el" else DI_IMAGES / arch / "text"
+    if not any(p.name.startswith(("linux", "vmlinu")) for p in source.rglob("*")):
         raise MissingToolError(
             f"{source} has no debian-installer netboot files for {arch}",
             hint=f"install them: apt-get install debian-installer-12-netboot-{arch}",
         )
-    build = _installer_build(source / "version.info")
+    build = _installer_build(next(DI_IMAGES.glob("*/text/version.info"), source / "version.info"))
     installer = root / "dists" / suite / "main" / f"installer-{arch}"
     images = installer / build / "images"
-    netboot = images / "netboot"
-    netboot.parent.mkdir(parents=True, exist_ok=True)
-    if netboot.exists():
-        shutil.rmtree(netboot)
-    shutil.copytree(source, netboot, symlinks=True)  # copies, never links to /usr files
+    if images.exists():
+        shutil.rmtree(images)
+    images.mkdir(parents=True)
+    if arch == "mips64el":
+        _mips_flavours(source, images)
+    else:
+        netboot = images / "netboot"
+        shutil.copytree(source, netboot, symlinks=True)  # copies, never links to /usr files
+        top = source / "debian-installer" / arch
+        for name in ("vmlinuz", "initrd.gz") if arch == "armhf" else ():
+            shutil.copyfile(top / name, netboot / name)
     current = installer / "current"
     if current.is_symlink() or current.exists():
         current.unlink()
@@ -64,6 +84,16 @@ def build_debian_tree(root: Path, arch: str = "amd64", *, suite: str = "bookworm
     return installer
 
 
+def _mips_flavours(source: Path, images: Path) -> None:
+    """mips64el: one ``<flavour>/netboot/`` per platform, kernels named with their version."""
+    for flavour in _MIPS_FLAVOURS:
+        netboot = images / flavour / "netboot"
+        netboot.mkdir(parents=True)
+        for path in sorted((source / flavour).glob("*")):
+            if path.is_file() and path.name.startswith(("vmlinu", "initrd")):
+                shutil.copyfile(path, netboot / path.name)
+
+
 def _installer_build(version_info: Path) -> str:
     m = re.search(r"Installer build:\s*(\S+)", version_info.read_text())
     return m.group(1) if m else "current-build"
@@ -71,9 +101,14 @@ def _installer_build(version_info: Path) -> str:
 
 def debian_manifest(images: Path) -> str:
     """MANIFEST lines for what exists under ``images`` (d-i's own wording, padded like it)."""
-    present = [p for p in _MANIFEST_TEXT if (images / p).exists()]
+    text = dict(_MANIFEST_TEXT)
+    for flavour in _MIPS_FLAVOURS:  # d-i's mips64el MANIFEST names each file
+        for path in sorted((images / flavour / "netboot").glob("*")):
+            what = "initrd" if path.name.startswith("initrd") else "kernel"
+            text[f"{flavour}/netboot/{path.name}"] = f"{what} for {flavour}, for use with TFTP"
+    present = [p for p in text if (images / p).exists()]
     width = max([55, *(len(p) for p in present)])
-    return "".join(f"{p:<{width}} -- {_MANIFEST_TEXT[p]}\n" for p in present)
+    return "".join(f"{p:<{width}} -- {text[p]}\n" for p in present)
 
 
 def sha256sums(top: Path) -> str:
@@ -152,12 +187,13 @@ variants = Everything
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("debian", "fedora"):
-        print("usage: python -m treeboot.devtree debian|fedora DIR", file=sys.stderr)
+    if len(argv) not in (2, 3) or argv[0] not in ("debian", "fedora"):
+        print("usage: python -m treeboot.devtree debian|fedora DIR [DEBIAN-ARCH]", file=sys.stderr)
         return 2
     root = Path(argv[1])
     root.mkdir(parents=True, exist_ok=True)
-    tree = build_debian_tree(root) if argv[0] == "debian" else build_treeinfo_tree(root)
+    arch = argv[2] if len(argv) == 3 else "amd64"
+    tree = build_debian_tree(root, arch) if argv[0] == "debian" else build_treeinfo_tree(root)
     print(os.fspath(tree))
     return 0
 

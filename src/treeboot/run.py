@@ -19,6 +19,7 @@ PACKAGES = {
     "qemu-system-aarch64": "qemu-system-arm",
     "qemu-system-arm": "qemu-system-arm",
     "qemu-system-ppc64": "qemu-system-ppc",
+    "qemu-system-mips64el": "qemu-system-mips",
     "qemu-system-s390x": "qemu-system-misc",
     "qemu-system-riscv64": "qemu-system-misc",
     "qemu-img": "qemu-utils",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from _net_helpers import serve_http
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, BootKind, firmware_info
 from treeboot.artifacts.kernel import predict_fw_cfg, read_kernel
 from treeboot.cli.main import main
 from treeboot.devtree import build_debian_tree
@@ -141,7 +141,8 @@ def test_boot_form_is_explained_with_its_reason_and_hand_off(tree: Path) -> None
 
 def test_uefi_uses_the_same_fw_cfg_items_and_places_nothing(tree: Path, x86: Explanation) -> None:
     ex = explain(ExplainRequest(str(tree), accel="tcg", memory_mib=1024, boot="uefi"))
-    assert ex.argv[ex.argv.index("-bios") + 1] == "/usr/share/ovmf/OVMF.fd"
+    code = "if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE_4M.fd,readonly=on"
+    assert ex.argv[ex.argv.index(code) - 1] == "-drive"
     assert _fw_cfg(ex) == _fw_cfg(x86)
     assert ex.placement.regions == [] and "OVMF" in ex.handoff.firmware
 
@@ -193,7 +194,7 @@ def test_pair_mode_boots_the_files_without_network() -> None:
                                                        (192, 0x46000000, 0x48800000)])  # fmt: skip
 def test_arm64_image_on_virt(memory: int, initrd: int, dtb: int) -> None:
     ex = explain(ExplainRequest(kernel=str(ARM64 / "linux"), initrd=str(ARM64 / "initrd.gz"),
-                                accel="tcg", memory_mib=memory))  # fmt: skip
+                                accel="tcg", memory_mib=memory, boot="direct"))  # fmt: skip
     assert ex.arch is Architecture.AARCH64 and ex.machine == "virt"
     assert ex.image is not None and ex.image.image is not None
     assert ex.image.image.text_offset == 0 and ex.image.image.image_size > 0
@@ -213,7 +214,7 @@ def test_arm64_image_on_virt(memory: int, initrd: int, dtb: int) -> None:
 def test_arm64_uefi_publishes_fw_cfg_and_puts_the_dtb_at_ram_base() -> None:
     ex = explain(ExplainRequest(kernel=str(ARM64 / "linux"), initrd=str(ARM64 / "initrd.gz"),
                                 accel="tcg", boot="uefi"))  # fmt: skip
-    assert ex.argv[ex.argv.index("-bios") + 1].endswith("QEMU_EFI.fd")
+    assert "if=pflash,format=raw,unit=0,file=/usr/share/AAVMF/AAVMF_CODE.fd,readonly=on" in ex.argv
     items = _fw_cfg(ex)
     assert items["kernel_size"] == (ARM64 / "linux").stat().st_size
     assert items["initrd_data"] == (ARM64 / "initrd.gz").stat().st_size
@@ -304,7 +305,8 @@ def test_s390x_ipl_placement(tmp_path: Path) -> None:
 def test_every_arch_has_a_default_handoff_and_valid_steps() -> None:
     rules = load_handoff_rules()
     for arch in Architecture:
-        h = rules.find(arch, "default")
+        uefi = firmware_info(arch.default_firmware()).kind is BootKind.UEFI
+        h = rules.find(arch, "uefi" if uefi else "default")
         assert h.steps[0].source == "treeboot" and h.steps[-1].target == "installer"
     assert rules.fw_cfg_keys["setup_size"] == 0x17
     with pytest.raises(UsageError, match="--boot uefi"):
@@ -349,7 +351,7 @@ def test_svg_is_well_formed_with_the_labels(x86: Explanation, tmp_path: Path) ->
 def test_svg_arm64(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "arm.svg"
     rc = main(["explain", "--kernel", str(ARM64 / "linux"), "--initrd", str(ARM64 / "initrd.gz"),
-               "--accel", "tcg", "--svg", str(out), "--json"])  # fmt: skip
+               "--accel", "tcg", "--boot", "direct", "--svg", str(out), "--json"])  # fmt: skip
     assert rc == 0 and json.loads(capsys.readouterr().out)["arch"] == "aarch64"
     joined = "\n".join(_svg_texts(out.read_text()))
     for label in ("device tree", "boot stub", "Image", "guest RAM", "0x40200000"):
@@ -399,7 +401,7 @@ def test_x86_prediction_matches_qemu_fw_cfg_trace(x86: Explanation, tmp_path: Pa
 @pytest.mark.qemu
 def test_arm64_placement_matches_qemu_info_roms() -> None:
     ex = explain(ExplainRequest(kernel=str(ARM64 / "linux"), initrd=str(ARM64 / "initrd.gz"),
-                                accel="tcg", memory_mib=512))  # fmt: skip
+                                accel="tcg", memory_mib=512, boot="direct"))  # fmt: skip
     out = _qemu_paused(ex.argv, [], "info roms\n")
     rom = re.compile(r'addr=(?P<addr>[0-9a-f]+) size=0x[0-9a-f]+ mem=ram name="(?P<name>[^"]+)"')
     roms = {m["name"]: int(m["addr"], 16) for m in rom.finditer(out)}
@@ -408,3 +410,70 @@ def test_arm64_placement_matches_qemu_info_roms() -> None:
     assert roms[str(ARM64 / "linux")] == regions["Image"]
     assert roms[str(ARM64 / "initrd.gz")] == regions["initrd"]
     assert roms["dtb"] == regions["device tree"]
+
+
+MALTA = DI / "mips64el/malta"
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(not MALTA.is_dir(), reason="needs debian-installer-12-netboot-mips64el")
+def test_mips_malta_placement_matches_qemu_info_roms() -> None:
+    """Malta has no firmware: QEMU itself puts the ELF segments, the initrd, the YAMON-style
+    environment and the boot stub in RAM; `info roms` lists what it placed where."""
+    kernel = next(MALTA.glob("vmlinuz-*-5kc-malta"))
+    ex = explain(ExplainRequest(kernel=str(kernel), initrd=str(MALTA / "initrd.gz"),
+                                accel="tcg", memory_mib=512))  # fmt: skip
+    assert ex.arch is Architecture.MIPS64EL and ex.machine == "malta"
+    assert ex.handoff.placement == "mips-malta" and "-bios" not in ex.argv
+    out = _qemu_paused(ex.argv, [], "info roms\n")
+    rom = re.compile(r'addr=(?P<addr>[0-9a-f]+) size=0x[0-9a-f]+ mem=ram name="(?P<name>[^"]+)"')
+    roms = {m["name"]: int(m["addr"], 16) for m in rom.finditer(out)}
+    regions = {r.name: r.start for r in ex.placement.regions}
+    assert roms[str(MALTA / "initrd.gz")] == regions["initrd"]
+    assert roms["prom"] == regions["prom env + argv"]
+    assert regions["vmlinux segments"] == min(
+        a for n, a in roms.items() if n.startswith(str(kernel))
+    )
+
+
+@needs_arm64
+@pytest.mark.qemu
+def test_arm64_uefi_fw_cfg_matches_qemu_trace(tmp_path: Path) -> None:
+    """With AAVMF (install's default on arm64) QEMU loads nothing itself: the kernel, initrd
+    and command line go to fw_cfg for the firmware, as the explanation says."""
+    from treeboot.boot.tracing import parse_fw_cfg_trace
+
+    ex = explain(ExplainRequest(kernel=str(ARM64 / "linux"), initrd=str(ARM64 / "initrd.gz"),
+                                accel="tcg", memory_mib=512))  # fmt: skip
+    assert ex.handoff.placement == "arm-virt-uefi"
+    code = next(a for a in ex.argv if "if=pflash" in a and "unit=0" in a)
+    trace_file = tmp_path / "fw_cfg.trace"
+    _qemu_paused(ex.argv, ["-drive", code, "-trace", "fw_cfg_add_*", "-D", str(trace_file)],
+                 "info roms\n")  # fmt: skip
+    trace = parse_fw_cfg_trace(trace_file)
+    assert ex.placement.fw_cfg
+    for item in ex.placement.fw_cfg:
+        seen = trace.items[item.key] if item.key is not None else None
+        assert seen is not None, item.name
+        if item.name.endswith("_data"):
+            assert seen.size == item.size, item.name
+        else:
+            assert seen.value == item.value, item.name
+
+
+PPC64EL = DI / "ppc64el/text/debian-installer/ppc64el"
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(not (PPC64EL / "vmlinux").is_file(), reason="needs d-i ppc64el")
+def test_ppc64le_placement_matches_qemu_info_roms() -> None:
+    ex = explain(ExplainRequest(kernel=str(PPC64EL / "vmlinux"),
+                                initrd=str(PPC64EL / "initrd.gz"), accel="tcg",
+                                memory_mib=1024))  # fmt: skip
+    out = _qemu_paused(ex.argv, [], "info roms\n")
+    rom = re.compile(r'addr=(?P<addr>[0-9a-f]+) size=0x[0-9a-f]+ mem=ram name="(?P<name>[^"]+)"')
+    roms = {m["name"]: int(m["addr"], 16) for m in rom.finditer(out)}
+    regions = {r.name: r.start for r in ex.placement.regions}
+    assert roms[str(PPC64EL / "initrd.gz")] == regions["initrd"]
+    kernel = min(a for n, a in roms.items() if n.startswith(str(PPC64EL / "vmlinux")))
+    assert kernel == regions["vmlinux segments"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, firmware_info
 from treeboot.boot import steps as prep
 from treeboot.boot.accel import AccelChoice, choose_accel
 from treeboot.boot.backends.qemu import render_qemu_argv
@@ -110,6 +110,8 @@ def install(
         _refuse_running(request.name, paths)
     ident, fetched, kernel, initrd = prep.identify_and_fetch(request)
     arch = prep.guest_arch(request, ident)
+    if not dry_run:  # explain (a dry run) reports a foreign kernel as a warning instead
+        prep.check_kernel_arch(kernel, arch)
     accel = choose_accel(request.accel, arch)
     if accel.accel != request.accel and request.accel == "auto":
         notice(f"using {accel.accel}: {accel.reason}")
@@ -123,7 +125,12 @@ def install(
             request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
         )
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
-        plan = replace(plan, cdrom=cdrom)
+        firmware, nvram = prep.boot_firmware(request, arch, paths, dry_run=dry_run)
+        plan = replace(plan, cdrom=cdrom, firmware=firmware, nvram=nvram)
+        if not firmware_info(firmware).boots_disk and not plan.no_reboot:
+            if not prep.DiskRequest.parse(request.disk).none:
+                notice(f"{arch} has no firmware that boots a disk: stopping after the installer")
+            plan = replace(plan, no_reboot=True)
         forms = prep.boot_form(request, plan, fetched, kernel, initrd, dry_run=dry_run)
         plan = replace(plan, kernel=forms.kernel, boot_form=_form_label(forms))
         initrd = forms.initrd

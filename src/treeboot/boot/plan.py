@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, Firmware
 from treeboot.model import redact_json
 
 
@@ -84,7 +84,10 @@ class BootPlan:
     seed_iso: Path | None = None  # CIDATA volume with the unattended file (install phase)
     machine: str | None = None  # None: arch.machine()
     cpu: str | None = None  # None: arch.cpu(accel)
-    firmware: Path | None = None  # None: arch.firmware() in phase 2, QEMU default otherwise
+    # The firmware both phases run (the installer and the installed system must see the same
+    # one). Never None after construction: None means the arch's default firmware.
+    firmware: Firmware | None = None
+    nvram: Path | None = None  # this VM's copy of the UEFI variable store (pflash unit 1)
     no_reboot: bool = False  # stop after the installer ends (no phase 2)
     trace_boot: bool = False
     boot_form: str | None = None  # "fast: vmlinux-pvh + raw initrd" (prepare/bootform.py)
@@ -93,6 +96,15 @@ class BootPlan:
     os: str | None = None
     installer: str | None = None
     temp_files: list[Path] = field(default_factory=list)  # removed when the install ends
+
+    def __post_init__(self) -> None:
+        if self.firmware is None:
+            object.__setattr__(self, "firmware", self.arch.default_firmware())
+
+    @property
+    def boot_firmware(self) -> Firmware:
+        """``firmware``, typed as never None."""
+        return self.firmware or self.arch.default_firmware()
 
     def to_json(self) -> dict[str, Any]:
         plan = {f.name: _to_json(getattr(self, f.name)) for f in fields(self)}
@@ -104,8 +116,11 @@ class BootPlan:
         d["arch"] = Architecture(d["arch"])
         paths = {k: _path(v) for k, v in d["paths"].items()}
         d["paths"] = VMPaths(**paths)  # type: ignore[arg-type]
-        for key in ("kernel", "initrd", "firmware", "cdrom", "seed_iso"):
+        for key in ("kernel", "initrd", "nvram", "cdrom", "seed_iso"):
             d[key] = _path(d.get(key))
+        # Plans saved before firmware was a Firmware held a path (or None) here.
+        fw = d.get("firmware")
+        d["firmware"] = Firmware(fw) if fw in set(Firmware) else None
         if d.get("disk") is not None:
             disk = dict(d["disk"])
             disk["path"] = Path(disk["path"])

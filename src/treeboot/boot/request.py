@@ -46,6 +46,7 @@ class InstallRequest:
     keyring: Path | None = None  # archive keyring for the signed chain (default: the distro's)
     force: bool = False
     progress: bool | None = None  # download bars: None = when stderr is a terminal (-q: False)
+    boot: str | None = None  # --boot bios|uefi|direct (None: the arch's default firmware)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -60,6 +61,8 @@ class InstallRequest:
             raise UsageError(f"--console {self.console}: use log, attach or none") from e
         if self.boot_form not in ("auto", "classic", "fast"):
             raise UsageError(f"--boot-form {self.boot_form}: use auto, classic or fast")
+        if self.boot is not None and self.boot not in ("bios", "uefi", "direct"):
+            raise UsageError(f"--boot {self.boot}: use bios, uefi or direct")
         if self.wait is not None and self.wait < 0:
             raise UsageError("--wait must be 0 or more seconds (omit it to wait until the end)")
         if self.wait == 0 and self.wait_for is not None:

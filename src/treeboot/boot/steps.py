@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, BootKind, Firmware, firmware_info
 from treeboot.boot.backends.qemu import quote_cmdline
 from treeboot.boot.plan import BootPlan, DiskPlan, NetworkPlan, VMPaths
 from treeboot.download.boot_files import fetch_boot_files
 from treeboot.errors import (
     DetectionError,
     KernelImageError,
+    MissingToolError,
     TreebootError,
     UsageError,
 )
@@ -90,6 +91,53 @@ def guest_arch(request: InstallRequest, ident: Identification) -> Architecture:
     return Architecture.native()
 
 
+# Kernels another arch's machine boots as well (a 64-bit PC runs 32-bit kernels).
+_KERNEL_ARCHES = {Architecture.X86_64: {"x86_64", "i686"}}
+
+
+def check_kernel_arch(kernel: Path, arch: Architecture) -> None:
+    """Refuse, before anything boots, a kernel built for another architecture."""
+    from treeboot.artifacts.kernel import read_kernel
+
+    try:
+        image = read_kernel(kernel)
+    except TreebootError:  # an unknown format only loses the check; QEMU has the last word
+        return
+    if image.arch is None or image.arch in _KERNEL_ARCHES.get(arch, {arch.value}):
+        return
+    raise KernelImageError(
+        f"{kernel.name} is a {image.arch} kernel ({image.format}), not {arch}",
+        hint=f"pass --arch {image.arch}, or the {arch} kernel of the tree",
+    )
+
+
+# -- firmware -----------------------------------------------------------------------------
+
+
+def boot_firmware(
+    request: InstallRequest, arch: Architecture, paths: VMPaths, *, dry_run: bool
+) -> tuple[Firmware, Path | None]:
+    """The firmware both phases run, and this VM's UEFI variable store (a fresh copy of the
+    firmware's template per install, like virt-install's ``nvram``; None without UEFI)."""
+    fw = arch.default_firmware(BootKind(request.boot) if request.boot else None)
+    info = firmware_info(fw)
+    for path in (info.code, info.vars, info.bios):
+        if path is not None and not dry_run and not path.is_file():
+            raise MissingToolError(
+                f"{fw} firmware for {arch}: {path} is missing",
+                hint=f"install it: apt-get install {info.package}",
+            )
+    if info.vars is None:
+        return fw, None
+    nvram = paths.state_dir / "nvram.fd"
+    if not dry_run:
+        import shutil
+
+        nvram.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info.vars, nvram)
+    return fw, nvram
+
+
 # -- resources ----------------------------------------------------------------------------
 
 
@@ -103,6 +151,14 @@ def resources(
         memory = (res.get("rec_ram_mib") or res.get("min_ram_mib")) or DEFAULT_MEMORY_MIB
         memory = max(memory, res.get("min_ram_mib") or 0)
     vcpus = request.vcpus or max(DEFAULT_VCPUS, res.get("min_vcpus") or 0)
+    most = arch.facts().max_vcpus
+    if most and vcpus > most:
+        if request.vcpus:
+            raise UsageError(
+                f"--vcpus {vcpus}: QEMU's {arch.machine()} ({arch}) runs at most {most}",
+                hint=f"use --vcpus {most}",
+            )
+        vcpus = most
     return memory, vcpus
 
 

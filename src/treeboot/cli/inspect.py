@@ -67,8 +67,8 @@ def _register_explain(sub: Any) -> None:
     p.add_argument("--backend", default="qemu", help="qemu (libvirt and pxe: not yet)")
     p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: as install)")
     p.add_argument("--machine", help="QEMU machine type (default: as install: q35, virt, ...)")
-    p.add_argument("--boot", choices=["default", "uefi"], default="default",
-                   help="uefi: explain a boot through UEFI firmware (OVMF/AAVMF)")  # fmt: skip
+    p.add_argument("--boot", choices=["default", "bios", "uefi", "direct"], default="default",
+                   help="firmware as for install --boot (default: the arch's own)")  # fmt: skip
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     p.add_argument("--extra-args", action="append", default=[], metavar="ARGS",
                    help="more kernel arguments (repeatable)")  # fmt: skip

@@ -42,6 +42,9 @@ def _register_install(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing disk image")
     p.add_argument("--arch", help="guest architecture (default: the tree's)")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    p.add_argument("--boot", choices=["bios", "uefi", "direct"],
+                   help="firmware, where the arch has several (direct: none, QEMU starts the"
+                   " kernel); default: BIOS on x86, UEFI on arm")  # fmt: skip
     add = p.add_argument
     add("--extra-args", action="append", default=[], metavar="ARGS",
         help="more kernel arguments (repeatable)")
@@ -97,6 +100,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         disk=args.disk,
         arch=args.arch,
         accel=args.accel,
+        boot=args.boot,
         extra_args=split_extra_args(args.extra_args),
         network=args.network,
         console=args.console,

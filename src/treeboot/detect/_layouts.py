@@ -8,6 +8,7 @@ the code here is one function per metadata *format*, not per distribution.
 
 from __future__ import annotations
 
+import fnmatch
 import platform
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -139,12 +140,21 @@ def fill(pairs: Iterable[KernelPair], **names: str) -> list[KernelPair]:
 
 
 def choose(cands: Sequence[KernelPair], probe: Probe, listed: Iterable[str] = ()) -> KernelPair:
-    """The first candidate the metadata lists, else the first that exists, else the first."""
-    known = set(listed)
+    """The first candidate the metadata lists, else the first that exists, else the first.
+
+    A kernel name with ``*`` (``malta/netboot/vmlinuz-*-5kc-malta``: the file carries the
+    kernel's version) is matched against the listed files only, since a glob cannot be probed.
+    """
+    known = sorted(set(listed))
     for pair in cands:
-        if pair[0] in known:
+        if "*" in pair[0]:
+            hits = fnmatch.filter(known, pair[0])
+            if hits:
+                return hits[-1], pair[1]
+        elif pair[0] in known:
             return pair
-    return next((p for p in cands if probe.exists(p[0])), cands[0])
+    plain = [p for p in cands if "*" not in p[0]]
+    return next((p for p in plain if probe.exists(p[0])), (plain or list(cands))[0])
 
 
 def checked(pair: KernelPair, source: str) -> KernelPair:
@@ -282,7 +292,7 @@ def _debian_installer(ctx: Context) -> Finding | None:
             version, codename = _url_release(ctx, distro) or tree.suite, None
         guess = name_os(ctx, distro, version, codename)
         cands = _di_candidates(ctx, guess, arch, installer_dir)
-        k, i = checked(choose(cands, ctx.probe, sums), sums_path)
+        k, i = checked(choose(cands, ctx.probe, [*sums, *manifest]), sums_path)
         evidence = [tree.manifest] + [p for p, t in ((sums_path, sums), (info_path, info)) if t]
         extra = {"codename": codename, "installer_build": info.build if info else None}
         return Resolved(

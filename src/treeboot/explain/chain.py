@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, BootKind, firmware_info
 from treeboot.artifacts.kernel import KernelImage
 from treeboot.boot.plan import BootPlan, Phase
 from treeboot.download.boot_files import fetch_boot_files, local_file
@@ -44,7 +44,7 @@ from treeboot.store.cache import file_sha256
 
 BACKENDS = ("qemu",)
 LATER_BACKENDS = ("libvirt", "pxe")
-BOOTS = ("default", "uefi")
+BOOTS = ("default", "bios", "uefi", "direct")
 VERIFIED_HOW = {
     Verified.SIGNED_CHAIN: "sha256 matches the tree's checksum list, which a verified"
     " signature covers",
@@ -65,7 +65,7 @@ class ExplainRequest:
     backend: str = "qemu"
     memory_mib: int | None = None
     machine: str | None = None
-    boot: str = "default"  # "default": what install uses; "uefi": UEFI firmware via -bios
+    boot: str = "default"  # "default": what install uses; else as install --boot
     accel: str = "auto"
     extra_args: Sequence[str] = ()
     network: str = "user"
@@ -325,13 +325,15 @@ def _plan(
             # the command, fw_cfg items and map below describe the files as shipped; the
             # form install boots is explained beside them (_boot_form)
             boot_form="classic",
+            boot=None if req.boot == "default" else req.boot,
         )
         result = install(request, dry_run=True)
         plan, argv = result.plan, list(result.argv)
-        handoff = rules.find(plan.arch, req.boot)
-        firmware = Path(handoff.firmware_file) if handoff.firmware_file else None
-        if req.machine or firmware:
-            plan = replace(plan, machine=req.machine or plan.machine, firmware=firmware)
+        # The hand-off of the firmware the install would really run (UEFI by default on arm).
+        uefi = firmware_info(plan.boot_firmware).kind is BootKind.UEFI
+        handoff = rules.find(plan.arch, "uefi" if uefi else "default")
+        if req.machine:
+            plan = replace(plan, machine=req.machine)
             argv = render_qemu_argv(plan, Phase.INSTALL)
         if g.kernel is None:  # stand-ins: show where the files would come from
             for path, art in zip((kernel, initrd), g.artifacts, strict=True):
@@ -473,7 +475,7 @@ def explain(req: ExplainRequest) -> Explanation:
 
 def _boot_form(req: ExplainRequest, plan: BootPlan, firmware_file: str | None) -> FormChoice:
     """The form install boots (rules/boot_forms.toml), for the firmware explained here."""
-    firmware = "uefi" if firmware_file else firmware_kind(str(plan.arch), None)
+    firmware = "uefi" if firmware_file else firmware_kind(str(plan.arch), plan.firmware)
     return choose_form(str(plan.arch), firmware, plan.accel, req.boot_form)
 
 

@@ -451,6 +451,12 @@ def place_arm_uefi(h: Handoff, inp: BootInputs, rules: HandoffRules) -> Placemen
 
 def elf_load_size(path: Path) -> int | None:
     """Sum of the PT_LOAD segments' memory sizes: what QEMU's load_elf returns."""
+    loads = elf_loads(path)
+    return None if loads is None else sum(size for _, size in loads)
+
+
+def elf_loads(path: Path) -> list[tuple[int, int]] | None:
+    """(physical address, memory size) of each PT_LOAD segment of a 64-bit ELF."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -463,12 +469,13 @@ def elf_load_size(path: Path) -> int | None:
             table = f.read(phentsize * phnum)
     except OSError:
         return None
-    total = 0
+    loads = []
     for i in range(phnum):
         (kind,) = struct.unpack_from(e + "I", table, i * phentsize)
-        if kind == 1:  # PT_LOAD
-            total += struct.unpack_from(e + "Q", table, i * phentsize + 40)[0]
-    return total
+        if kind == 1:  # PT_LOAD: p_paddr at 24, p_memsz at 40
+            paddr, _, memsz = struct.unpack_from(e + "QQQ", table, i * phentsize + 24)
+            loads.append((paddr, memsz))
+    return loads
 
 
 def place_ppc_spapr(h: Handoff, inp: BootInputs, rules: HandoffRules) -> Placement:
@@ -559,6 +566,39 @@ def place_riscv_virt(h: Handoff, inp: BootInputs, rules: HandoffRules) -> Placem
     return p
 
 
+def place_mips_malta(h: Handoff, inp: BootInputs, rules: HandoffRules) -> Placement:
+    c = h.constants
+    ram = inp.memory_mib * MiB
+    p = Placement((0, ram))
+    size, kernel = inp.kernel_size, c["kernel_addr"]
+    loads = elf_loads(inp.kernel_path) if inp.kernel_path else None
+    if inp.image is not None and inp.image.format is ImageFormat.ELF and loads:
+        kernel = min(a for a, _ in loads) & c["kseg0_mask"]  # kseg0 -> physical
+        size = max((a & c["kseg0_mask"]) + s for a, s in loads) - kernel
+    elif inp.image is not None:
+        p.warnings.append(f"the kernel is {inp.image.format}: Malta wants an ELF vmlinux")
+    low = min(ram, c["ram_low_max"])  # the initrd goes at the top of the low 256 MiB
+    initrd = None
+    if inp.initrd_size:
+        initrd = _align_up(low - inp.initrd_size - c["bootmem_reserve"], c["initrd_align"])
+        if size is not None and kernel + size >= initrd:
+            p.warnings.append("memory too small for the initrd: QEMU would refuse to start")
+    p.facts = {
+        "kernel_addr": kernel,
+        "kernel_size": size,
+        "initrd_addr": initrd,
+        "initrd_size": inp.initrd_size,
+        "env_addr": c["env_addr"],
+        "bootloader_addr": c["bootloader_addr"],
+    }
+    p.regions = _regions(
+        ("prom env + argv", c["env_addr"], c["env_size"], "cmdline", "YAMON-style environment"),
+        ("vmlinux segments", kernel, size, "kernel", "ELF PT_LOAD, kseg0 -> physical"),
+        ("initrd", initrd, inp.initrd_size, "initrd", "top of low RAM - 128 KiB, 64 KiB-aligned"),
+    )
+    return p
+
+
 PLACEMENTS: dict[str, Callable[[Handoff, BootInputs, HandoffRules], Placement]] = {
     "x86": place_x86,
     "x86-uefi": place_x86,
@@ -567,6 +607,7 @@ PLACEMENTS: dict[str, Callable[[Handoff, BootInputs, HandoffRules], Placement]] 
     "ppc-spapr": place_ppc_spapr,
     "s390-ipl": place_s390_ipl,
     "riscv-virt": place_riscv_virt,
+    "mips-malta": place_mips_malta,
 }
 
 

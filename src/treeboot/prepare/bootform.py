@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from treeboot.arch import BootKind, Firmware, firmware_info
 from treeboot.artifacts import derive
 from treeboot.artifacts.initrd import detect_compression
 from treeboot.detect.rules import load_rule_table
@@ -105,12 +106,19 @@ class FormChoice:
         return {k: str(v) for k, v in self.__dict__.items()}
 
 
-def firmware_kind(arch: str, firmware: Path | None) -> str:
-    """``bios`` (x86 with QEMU's default SeaBIOS), ``uefi`` (a firmware file given), or
-    ``none`` (other arches: QEMU loads the kernel directly)."""
-    if firmware is not None:
+def firmware_kind(arch: str, firmware: str | Path | None) -> str:
+    """The firmware family the rules key on: ``bios`` (x86 SeaBIOS: QEMU's linuxboot and PVH
+    option ROMs), ``uefi`` (OVMF/AAVMF, or a firmware file given: the kernel's EFI stub), or
+    ``none`` (the others: QEMU places the kernel itself). ``firmware`` is a plan's
+    :class:`~treeboot.arch.Firmware` (None: the arch's default)."""
+    if isinstance(firmware, Path):
         return "uefi"
-    return "bios" if arch in ("x86_64", "i686") else "none"
+    if firmware is None:
+        return "bios" if arch in ("x86_64", "i686") else "none"
+    kind = firmware_info(Firmware(str(firmware))).kind
+    if kind is BootKind.UEFI:
+        return "uefi"
+    return "bios" if kind is BootKind.BIOS and arch in ("x86_64", "i686") else "none"
 
 
 def handoff_text(arch: str, firmware: str, kernel: KernelForm) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from treeboot.arch import Architecture
+from treeboot.arch import Architecture, firmware_info
 from treeboot.boot.plan import BootPlan, Phase
 from treeboot.boot.tracing import qemu_trace_args
 from treeboot.prepare.cmdline import join_cmdline
@@ -68,14 +68,24 @@ def machine_args(plan: BootPlan) -> list[str]:
 
 
 def firmware_args(plan: BootPlan, phase: Phase) -> list[str]:
-    firmware = plan.firmware
-    if firmware is None and phase is Phase.FIRSTBOOT:
-        firmware = plan.arch.firmware()
-    return ["-bios", str(firmware)] if firmware else []
+    """The same firmware in both phases: UEFI as pflash code + this VM's variable store (as
+    virt-install does), a ``-bios`` image, or nothing for QEMU's built-in default."""
+    info = firmware_info(plan.boot_firmware)
+    if info.code is not None:
+        nvram = plan.nvram or plan.paths.state_dir / "nvram.fd"
+        return [
+            "-drive", f"if=pflash,format=raw,unit=0,file={_opt(info.code)},readonly=on",
+            "-drive", f"if=pflash,format=raw,unit=1,file={_opt(nvram)}",
+        ]  # fmt: skip
+    return ["-bios", str(info.bios)] if info.bios else []
 
 
 def kernel_args(plan: BootPlan, phase: Phase) -> list[str]:
-    if phase is not Phase.INSTALL or plan.kernel is None:
+    if phase is not Phase.INSTALL:
+        # Firmware that cannot read a disk runs a boot loader that can (U-Boot on riscv64).
+        loader = firmware_info(plan.boot_firmware).disk_kernel
+        return ["-kernel", str(loader)] if loader else []
+    if plan.kernel is None:
         return []
     args = ["-kernel", str(plan.kernel)]
     if plan.initrd is not None:
@@ -91,10 +101,9 @@ def disk_args(plan: BootPlan, phase: Phase) -> list[str]:
     # The installer's writes are redone if anything fails, so its flushes can be skipped.
     cache = "unsafe" if phase is Phase.INSTALL else "writeback"
     drive = f"if=none,id=disk0,file={_opt(plan.disk.path)},format={plan.disk.format}"
-    bus = plan.arch.device_bus()
     return [
         "-drive", f"{drive},cache={cache},discard=unmap",
-        "-device", f"virtio-blk-{bus},drive=disk0,bootindex=1",
+        "-device", f"{plan.arch.disk_device()},drive=disk0,bootindex=1",
     ]  # fmt: skip
 
 
@@ -124,7 +133,7 @@ def network_args(plan: BootPlan) -> list[str]:
         return args
     netdev = next(a for a in args if a.startswith("user") or "id=" in a)
     netdev_id = next(p[3:] for p in netdev.split(",") if p.startswith("id="))
-    device = f"virtio-net-{plan.arch.device_bus()},netdev={netdev_id}"
+    device = f"{plan.arch.nic_device()},netdev={netdev_id}"
     if plan.arch.device_bus() == "pci":
         device += ",romfile="  # no iPXE option ROM: we never boot from the network
     if net.mac:
