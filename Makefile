@@ -7,11 +7,17 @@ PYTHON  := $(VENV)/bin/python
 # `make run` boots Debian 12's netboot installer under QEMU: only what that needs.
 RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd64 \
             gpgv debian-archive-keyring python3-venv
+# --connect: a real libvirtd (started by the tests, no systemd), virt-install to compare with,
+# an sshd for qemu+ssh://, and what building libvirt-python (the `libvirt` extra) needs.
+LIBVIRT_PKGS := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils \
+            dnsmasq-base iproute2 virtinst openssh-server openssh-client netcat-openbsd \
+            libvirt-dev pkg-config gcc python3-dev
 # `make test` also needs the other architectures, firmware, ISO and cpio tools, the peers the
 # benchmarks and tests compare against, and the daemons the tests start themselves.
 TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
             debian-installer-12-netboot-arm64 \
-            xorriso genisoimage cpio gpg curl linux-doc busybox-static
+            xorriso genisoimage cpio gpg curl linux-doc busybox-static \
+            $(LIBVIRT_PKGS)
 
 .PHONY: run test run-deps test-deps venv test-venv lint clean
 

@@ -43,8 +43,14 @@ def _register_install(sub: Any) -> None:
     add = p.add_argument
     add("--extra-args", action="append", default=[], metavar="ARGS",
         help="more kernel arguments (repeatable)")
-    add("--network", default="user", metavar="user|none",
-        help="user: restricted user-mode network that reaches only the tree")
+    add("--network", metavar="user|none|network=NAME|bridge=BR",
+        help="user (default without --connect): restricted user-mode network that reaches"
+        " only the tree; with --connect: network=NAME (default: libvirt's 'default'),"
+        " bridge=BR or none")
+    add("--connect", "-c", metavar="URI",
+        help="install on a libvirt hypervisor (qemu:///system, qemu+ssh://host/system, ...)")
+    add("--pool", metavar="NAME",
+        help="with --connect: storage pool for the disk and uploads (default: ask libvirt)")
     add("--console", choices=["log", "attach", "none"], default="log",
         help="attach: also show the serial console live here")
     add("--console-log", type=Path, metavar="FILE",
@@ -109,6 +115,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         require_signature=args.require_signature,
         keyring=args.keyring.resolve() if args.keyring else None,
         force=args.force,
+        connect=args.connect,
+        pool=args.pool,
     )
     warn_insecure(args)
     out = None if args.json else sys.stdout.buffer
@@ -122,8 +130,12 @@ def cmd_install(args: argparse.Namespace) -> int:
         emit_json(result.to_json())
     elif args.dry_run:
         print(describe(result))
-        print("QEMU command:")
-        print(format_argv(result.argv))
+        if result.xml is not None:
+            print("libvirt domain XML (install phase):")
+            print(result.xml, end="")
+        else:
+            print("QEMU command:")
+            print(format_argv(result.argv))
     else:
         _report(result)
     if result.trace_report and not args.json:
