@@ -5,14 +5,17 @@
         lv.netns          # nsenter argv prefix: run a command in libvirtd's network namespace
         with isolated_network(lv, "tbnet12") as net: ...   # no <forward>: reaches nothing
 
-libvirtd and virtlogd run as root in their own mount *and* network namespace (``unshare -m
--n``): ``/dev/kvm`` is masked (KVM hangs on this host, and a libvirtd that sees it spends
-8-12 s probing it on every capabilities call), and ``/etc/libvirt``, ``/run/libvirt``,
-``/var/lib/libvirt``, ``/var/log/libvirt`` and ``/var/cache/libvirt`` are bind-mounted from
-a private directory. So the daemons share nothing with another libvirtd on the machine, the
-bridges and dnsmasq of the networks a test defines live in a namespace the test made, and the
-client reaches the daemon through the socket in the private ``run`` directory. Both daemons
-write PID files there and are ended by those PIDs.
+libvirtd and virtlogd run as root in their own mount *and* network namespace
+(``unshare -m -n``):
+
+- ``/dev/kvm`` is masked by a file the QEMU user cannot open (KVM hangs on this host, and a
+  libvirtd that sees it spends 8-12 s probing it on every capabilities call);
+- ``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/libvirt``, ``/var/log/libvirt`` and
+  ``/var/cache/libvirt`` are bind-mounted from a private directory, so the daemons share
+  nothing with another libvirtd on the machine;
+- the bridges and dnsmasq of the networks a test defines live in a namespace the test made;
+- the client reaches the daemon through the socket in the private ``run`` directory;
+- both daemons write PID files there and are ended by those PIDs.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def _script(root: Path) -> str:
                        for src, dst in _PRIVATE.items())  # fmt: skip
     return f"""set -e
 mount --make-rprivate /
-if [ -e /dev/kvm ]; then mount --bind /dev/null /dev/kvm; fi
+if [ -e /dev/kvm ]; then mount --bind {root}/kvm-masked /dev/kvm; fi
 {mounts}
 ip link set lo up
 {VIRTLOGD} -d -p {root}/run/virtlogd.pid
@@ -89,6 +92,12 @@ ip link set lo up
 def _prepare_root(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # the qemu user traverses it to reach pool volumes
+    # What /dev/kvm shows the daemon: a file the QEMU user may not open. libvirt then sees no
+    # usable KVM, which agrees with what QEMU reports, so its capabilities cache stays valid
+    # (masking with /dev/null, which anyone may open, makes it re-probe QEMU on every call).
+    masked = root / "kvm-masked"
+    masked.touch()
+    masked.chmod(0)
     for sub in _PRIVATE:
         (root / sub).mkdir(exist_ok=True)
     etc = root / "etc"
@@ -101,9 +110,9 @@ def _prepare_root(root: Path) -> None:
     (etc / "qemu" / "networks" / "autostart").mkdir(parents=True)
     try:
         pwd.getpwnam("libvirt-qemu")
-    except KeyError:  # without libvirt-daemon-system (which pulls systemd) QEMU runs as root
+    except KeyError:  # without libvirt-daemon-system (which pulls systemd and makes the user)
         with (etc / "qemu.conf").open("a") as f:
-            f.write('user = "root"\ngroup = "root"\n')
+            f.write('user = "nobody"\ngroup = "nogroup"\n')
     for sub in ("qemu", "dnsmasq", "images", "boot"):
         (root / "lib" / sub).mkdir(exist_ok=True)
     (root / "log" / "qemu").mkdir(exist_ok=True)

@@ -205,6 +205,12 @@ def test_poweroff_ends_phase1_and_phase2_boots_the_defined_domain(
     assert log.index(INSTALLER_MARKER) < log.index(FIRSTBOOT_MARKER)
     out = libvirtd.virsh("dumpxml", name).stdout  # phase 2 was made persistent
     assert "<kernel>" not in out and "treeboot:install" in out
+    # Found through its metadata from anywhere, without treeboot's local state:
+    env = {**os.environ, "TREEBOOT_HOME": str(tmp_path / "elsewhere")}
+    listed = subprocess.run(treeboot_argv("list", "--connect", libvirtd.uri, "--json"),
+                            capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    entry = next(d for d in json.loads(listed.stdout) if d["name"] == name)
+    assert entry["phase"] == "firstboot" and entry["state"] == "stopped"
 
 
 def test_domain_destroyed_from_outside_is_exit_13(
@@ -348,3 +354,40 @@ def test_local_tree_refused_over_ssh_with_a_network(libvirtd: Libvirtd, debian_t
                          "--disk", "none", "--dry-run")  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "is on this machine" in proc.stderr and "hint:" in proc.stderr
+
+
+# -- list / console / stop ----------------------------------------------------------------------
+
+
+def test_list_console_stop_see_a_libvirt_install(
+    libvirtd: Libvirtd, debian_tree: Path, tmp_path: Path, clean: list[str]
+) -> None:
+    name = f"tb-lv-list-{os.getpid()}"
+    clean.append(name)
+    initrd = busybox_initrd(tmp_path / "initrd.cpio", "echo LISTED-AND-RUNNING\nsleep 600\n")
+    argv = treeboot_argv("install", str(debian_tree / TREE_PATH), "--name", name,
+                         "--connect", libvirtd.uri, "--network", "none",
+                         "--kernel", str(DI_KERNEL), "--initrd", str(initrd),
+                         "--disk", "none", "--wait", "400")  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = state_dir(name) / "console.log"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and "LISTED-AND-RUNNING" in log.read_text(errors="replace")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.2)
+        listed = json.loads(_treeboot(libvirtd, "list", "--json").stdout)
+        assert {"name": name, "state": "running"}.items() <= next(
+            vm for vm in listed if vm["name"] == name).items()  # fmt: skip
+        console = _treeboot(libvirtd, "console", name, "--no-follow")
+        assert "LISTED-AND-RUNNING" in console.stdout
+        stop = _treeboot(libvirtd, "stop", name, "--json")
+        assert stop.returncode == 0, stop.stderr
+        assert json.loads(stop.stdout)["was"] == "running"
+        assert proc.wait(60) == 13  # stopped from outside
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    listed = json.loads(_treeboot(libvirtd, "list", "--json").stdout)
+    assert next(vm for vm in listed if vm["name"] == name)["state"] == "stopped"

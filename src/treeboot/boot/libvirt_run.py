@@ -31,13 +31,13 @@ from typing import IO, Any
 from treeboot.arch import Architecture
 from treeboot.boot import steps as prep
 from treeboot.boot.accel import Accel, AccelChoice
-from treeboot.boot.backends.libvirt import Hypervisor, Volume
+from treeboot.boot.backends.libvirt import Hypervisor, Volume, close_console
 from treeboot.boot.backends.libvirt_xml import DomainFacts, render_domain_xml
 from treeboot.boot.plan import BootPlan, ConsoleMode, DiskPlan, NetworkPlan, Phase
 from treeboot.boot.request import InstallRequest, NetworkRequest
 from treeboot.boot.vm import write_status
 from treeboot.boot.watch import Outcome, PhaseResult, RunResult, WatchOptions, _Watcher
-from treeboot.errors import BootError, UsageError
+from treeboot.errors import UsageError
 from treeboot.model import Identification
 from treeboot.notices import notice
 
@@ -246,13 +246,17 @@ def _install_phase(
             except hv.lv.libvirtError as e:
                 detail = f"createXML: {e.get_error_message()}"
                 return PhaseResult(Phase.INSTALL, Outcome.QEMU_FAILED, detail, [])
-            # QEMU has read kernel and initrd into guest memory: their volumes can go.
-            for vol in [v for v in uploads if v.name.endswith(("-kernel", "-initrd"))]:
-                hv.delete_volume(vol)
-            write_status(plan.paths, state="running", phase=str(Phase.INSTALL), domain=uuid)
-            if opts.wait == 0:
-                return PhaseResult(Phase.INSTALL, Outcome.BACKGROUND, "started", [])
-            outcome, detail = watch.wait(dom)
+            try:
+                # QEMU has read kernel and initrd into guest memory: their volumes can go.
+                for vol in [v for v in uploads if v.name.endswith(("-kernel", "-initrd"))]:
+                    hv.delete_volume(vol)
+                write_status(plan.paths, state="running", phase=str(Phase.INSTALL), domain=uuid)
+                if opts.wait == 0:
+                    return PhaseResult(Phase.INSTALL, Outcome.BACKGROUND, "started", [])
+                outcome, detail = watch.wait(dom)
+            except BaseException:  # Ctrl-C, SIGTERM, a lost connection: nothing keeps running
+                watch.destroy(dom)
+                raise
     finally:
         for vol in uploads:
             hv.delete_volume(vol)
@@ -334,8 +338,8 @@ class _DomainWatch:
         self.callback: int | None = None
         self.destroyed_by_us = False
         self.host_shutdown = False
-        self.console: threading.Thread | None = None
         self.stream: Any = None
+        self.console_log: IO[bytes] | None = None
 
     def __enter__(self) -> _DomainWatch:
         def on_event(name: str, event: int, detail: int) -> None:
@@ -349,10 +353,11 @@ class _DomainWatch:
         if self.callback is not None:
             self.hv.remove_callback(self.callback)
         if self.stream is not None:
-            with contextlib.suppress(Exception):
-                self.stream.abort()
-        if self.console is not None:
-            self.console.join(5.0)
+            close_console(self.stream)
+            self.stream = None
+        if self.console_log is not None:
+            self.console_log.close()
+            self.console_log = None
 
     def wait(self, dom: Any) -> tuple[Outcome, str]:
         log_path = self.plan.paths.console_log
@@ -362,7 +367,7 @@ class _DomainWatch:
         try:
             return self._loop(dom, matcher)
         except BaseException:
-            self._destroy(dom)
+            self.destroy(dom)
             raise
 
     def _loop(self, dom: Any, matcher: _Watcher) -> tuple[Outcome, str]:
@@ -370,7 +375,7 @@ class _DomainWatch:
         while True:
             found = matcher._read_console()
             if found:
-                self._destroy(dom)
+                self.destroy(dom)
                 return found[0], found[1]
             ended = self._drain_events()
             if ended is None and time.monotonic() > next_poll:
@@ -381,7 +386,7 @@ class _DomainWatch:
                 late = matcher._read_console()  # the last lines may hold the marker
                 return (late[0], late[1]) if late else ended
             if self.deadline is not None and time.monotonic() > self.deadline:
-                self._destroy(dom)
+                self.destroy(dom)
                 return Outcome.TIMED_OUT, "--wait time limit reached"
             time.sleep(_POLL)
 
@@ -411,37 +416,28 @@ class _DomainWatch:
         time.sleep(_POLL_STATE)  # give a late event its chance: it knows why
         return self._drain_events() or (Outcome.FINISHED, "the domain ended (no event seen)")
 
-    def _destroy(self, dom: Any) -> None:
+    def destroy(self, dom: Any) -> None:
         self.destroyed_by_us = True
         with contextlib.suppress(Exception):
             dom.destroy()
 
     def _start_console(self, dom: Any) -> None:
-        log_path = self.plan.paths.console_log
+        log = self.plan.paths.console_log.open("ab")
+        self.console_log = log
+
+        def sink(data: bytes) -> None:  # on the event loop thread; the matcher reads the file
+            with contextlib.suppress(ValueError):  # closed: the watch has ended
+                log.write(data)
+                log.flush()
+
         try:
-            self.stream = self.hv.open_console(dom)
+            self.stream = self.hv.open_console(dom, sink)
         except self.hv.lv.libvirtError as e:
             notice(f"no live console ({e.get_error_message()}); only the hypervisor's log")
-            return
-
-        def copy() -> None:
-            with log_path.open("ab") as f:
-                while True:
-                    try:
-                        data = self.stream.recv(65536)
-                    except Exception:  # the domain ended or the stream was aborted
-                        return
-                    if not data or not isinstance(data, bytes):
-                        return
-                    f.write(data)
-                    f.flush()
-
-        self.console = threading.Thread(target=copy, name="treeboot-console", daemon=True)
-        self.console.start()
+            self.stream = None
 
     def _finish_console(self) -> None:
-        if self.console is not None:
-            self.console.join(2.0)
+        time.sleep(_POLL)  # the event loop delivers what the console sent before the end
 
 
 def check_request(request: InstallRequest) -> None:
@@ -452,5 +448,3 @@ def check_request(request: InstallRequest) -> None:
             " fw_cfg trace points",
             hint="drop --connect to trace the hand-off under treeboot's own QEMU",
         )
-    if request.console_log is not None and request.wait == 0:
-        raise BootError("--console-log with --wait 0 and --connect: nobody copies the console")

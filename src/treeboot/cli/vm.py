@@ -14,6 +14,8 @@ def register(sub: Any) -> None:
     _register_install(sub)
     p = sub.add_parser("list", help="list VMs and their state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--connect", "-c", metavar="URI",
+                   help="also list treeboot's domains on this libvirt hypervisor")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("console", help="show (and follow) a VM's serial console log")
     p.add_argument("name")
@@ -158,17 +160,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     from treeboot.boot.vm import list_vms
 
     vms = list_vms()
+    domains = _libvirt_domains(args.connect, {vm.name for vm in vms}) if args.connect else []
     if args.json:
-        emit_json([vm.to_json() for vm in vms])
+        emit_json([vm.to_json() for vm in vms] + domains)
         return 0
-    if not vms:
+    if not vms and not domains:
         notice("no VMs")
         return 0
     print(f"{'NAME':<20} {'STATE':<8} {'PHASE':<10} {'OUTCOME':<22} OS")
     for vm in vms:
         outcome = vm.outcome or ""
         print(f"{vm.name:<20} {vm.state:<8} {vm.phase or '':<10} {outcome:<22} {vm.os or ''}")
+    for d in domains:
+        print(f"{d['name']:<20} {d['state']:<8} {d['phase'] or '':<10} {'(libvirt)':<22}"
+              f" {d['os'] or ''}")
     return 0
+
+
+def _libvirt_domains(uri: str, known: set[str]) -> list[dict[str, Any]]:
+    """treeboot's domains on ``uri`` (found by their metadata) that have no local state."""
+    from treeboot.boot.backends.libvirt import Hypervisor, treeboot_domains
+
+    hv = Hypervisor(uri)
+    try:
+        return [
+            {"name": d.name, "state": "running" if d.running else "stopped", "phase": d.phase,
+             "os": d.os, "location": d.location, "connect": uri}
+            for d in treeboot_domains(hv) if d.name not in known
+        ]  # fmt: skip
+    finally:
+        hv.close()
 
 
 def cmd_console(args: argparse.Namespace) -> int:

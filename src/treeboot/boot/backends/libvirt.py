@@ -282,11 +282,108 @@ class Hypervisor:
     def remove_callback(self, callback_id: int) -> None:
         _quietly(lambda: self.conn.domainEventDeregisterAny(callback_id))
 
-    def open_console(self, dom: Any) -> Any:
-        """A blocking stream on the domain's serial console (works over remote connections)."""
-        stream = self.conn.newStream(0)
-        dom.openConsole(None, stream, self.lv.VIR_DOMAIN_CONSOLE_FORCE)
+    def open_console(self, dom: Any, sink: Callable[[bytes], None]) -> Any:
+        """Copy the domain's serial console to ``sink`` (works over remote connections).
+
+        As ``virsh console`` does it: a non-blocking stream whose READABLE events, dispatched
+        by the event loop thread, drain it. Draining all the time matters: an unread console
+        fills the pty and stalls the guest. End it with :func:`close_console`."""
+        lv = self.lv
+        stream = self.conn.newStream(lv.VIR_STREAM_NONBLOCK)
+        dom.openConsole(None, stream, lv.VIR_DOMAIN_CONSOLE_FORCE)
+
+        def on_event(st: Any, events: int, _opaque: Any) -> None:
+            data = read_available(st) if events & lv.VIR_STREAM_EVENT_READABLE else None
+            if data:
+                sink(data)
+            if data is None or events & (lv.VIR_STREAM_EVENT_HANGUP | lv.VIR_STREAM_EVENT_ERROR):
+                _quietly(st.eventRemoveCallback)
+
+        wanted = (lv.VIR_STREAM_EVENT_READABLE | lv.VIR_STREAM_EVENT_HANGUP
+                  | lv.VIR_STREAM_EVENT_ERROR)  # fmt: skip
+        stream.eventAddCallback(wanted, on_event, None)
         return stream
+
+
+def close_console(stream: Any) -> None:
+    _quietly(stream.eventRemoveCallback)
+    _quietly(stream.abort)
+
+
+def read_available(stream: Any, limit: int = 1 << 20) -> bytes | None:
+    """What the console stream holds now: b"" if nothing yet, None once it has ended."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            data = stream.recv(65536)
+        except Exception:  # the domain ended: libvirt reports the stream as broken
+            return b"".join(chunks) or None
+        if isinstance(data, int):  # -2: no data now (non-blocking)
+            break
+        if not data:  # end of stream
+            return b"".join(chunks) or None
+        chunks.append(data)
+        size += len(data)
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """A treeboot install seen through libvirt (its ``<metadata>``)."""
+
+    name: str
+    running: bool
+    os: str | None
+    phase: str | None
+    location: str | None
+
+
+def treeboot_domains(hv: Hypervisor) -> list[DomainInfo]:
+    """Every domain on the connection that carries treeboot's metadata."""
+    from treeboot.boot.backends.libvirt_xml import NAMESPACE
+
+    found = []
+    for dom in hv.conn.listAllDomains(0):
+        try:
+            text = dom.metadata(hv.lv.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, 0)
+        except hv.lv.libvirtError:
+            continue  # not ours
+        meta = ET.fromstring(text)
+        found.append(DomainInfo(
+            dom.name(), bool(dom.isActive()), _child(meta, "os"), _child(meta, "phase"),
+            _child(meta, "location"),
+        ))  # fmt: skip
+    return sorted(found, key=lambda d: d.name)
+
+
+def _child(meta: ET.Element, tag: str) -> str | None:
+    for el in meta:
+        if el.tag.rpartition("}")[2] == tag:
+            return el.text
+    return None
+
+
+def domain_running(uri: str, name: str) -> bool:
+    hv = Hypervisor(uri)
+    try:
+        dom = hv.find_domain(name)
+        return dom is not None and bool(dom.isActive())
+    finally:
+        hv.close()
+
+
+def destroy_domain(uri: str, name: str) -> bool:
+    """Destroy a running domain; False if it was not running."""
+    hv = Hypervisor(uri)
+    try:
+        dom = hv.find_domain(name)
+        if dom is None or not dom.isActive():
+            return False
+        dom.destroy()
+        return True
+    finally:
+        hv.close()
 
 
 def _send_all(stream: Any, data: bytes) -> None:
