@@ -7,6 +7,11 @@ PYTHON  := $(VENV)/bin/python
 # `make run` boots Debian 12's netboot installer under QEMU: only what that needs.
 RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd64 \
             gpgv debian-archive-keyring python3-venv
+# --connect: a real libvirtd (started by the tests, no systemd), virt-install to compare with,
+# an sshd for qemu+ssh://, and what building libvirt-python (the `libvirt` extra) needs.
+LIBVIRT_PKGS := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils \
+            dnsmasq-base iproute2 virtinst openssh-server openssh-client netcat-openbsd \
+            libvirt-dev pkg-config gcc python3-dev
 # `make test` also needs the other architectures, firmware, ISO and cpio tools, the peers the
 # benchmarks and tests compare against, and the daemons the tests start themselves.
 TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
@@ -14,7 +19,8 @@ TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
             qemu-system-ppc qemu-system-mips qemu-efi-arm dosfstools mtools \
             debian-installer-12-netboot-i386 debian-installer-12-netboot-armhf \
             debian-installer-12-netboot-ppc64el debian-installer-12-netboot-mips64el \
-            xorriso genisoimage cpio gpg curl linux-doc busybox-static openssl debconf
+            xorriso genisoimage cpio gpg curl linux-doc busybox-static openssl debconf \
+            $(LIBVIRT_PKGS)
 
 .PHONY: run test run-deps test-deps venv test-venv lint clean
 

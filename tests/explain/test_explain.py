@@ -228,9 +228,19 @@ def test_wrong_arch_kernel_is_a_warning() -> None:
     assert any("will not boot" in w for w in ex.warnings)
 
 
+def test_libvirt_backend_says_who_opens_the_files_and_keeps_the_handoff() -> None:
+    pair = {"kernel": str(AMD64 / "linux"), "initrd": str(AMD64 / "initrd.gz"), "accel": "tcg"}
+    qemu = explain(ExplainRequest(**pair))  # type: ignore[arg-type]
+    libvirt = explain(ExplainRequest(**pair, backend="libvirt"))  # type: ignore[arg-type]
+    assert libvirt.sequence == qemu.sequence  # the same fw_cfg hand-off
+    extra = [n for n in libvirt.notes if n not in qemu.notes]
+    assert any("storage volumes on the hypervisor" in n for n in extra)
+    assert any("libvirtd, not treeboot, starts QEMU" in n for n in extra)
+
+
 def test_backends_other_than_qemu_are_not_yet() -> None:
     with pytest.raises(UsageError, match="not yet"):
-        explain(ExplainRequest("/nonexistent", backend="libvirt"))
+        explain(ExplainRequest("/nonexistent", backend="pxe"))
     with pytest.raises(UsageError, match="unknown backend"):
         explain(ExplainRequest("/nonexistent", backend="vmware"))
     with pytest.raises(UsageError, match="LOCATION"):

@@ -61,6 +61,7 @@ class InstallResult:
     trace_report: str | None = None
     secrets: list[str] = field(default_factory=list)
     boot_form: PreparedForms | None = None
+    xml: str | None = None  # the install phase's libvirt domain XML (--connect)
 
     @property
     def exit_code(self) -> int:
@@ -76,6 +77,8 @@ class InstallResult:
             "argv": self.argv,
             "command": shlex.join(self.argv),
         }
+        if self.xml is not None:
+            d["domain_xml"] = self.xml
         if self.fetch is not None:
             d["fetch"] = self.fetch.to_json()
         if self.boot_form is not None:
@@ -108,6 +111,8 @@ def install(
     paths = vm_paths(request.name, console_log=request.console_log)
     if not dry_run:
         _refuse_running(request.name, paths)
+    if request.connect is not None:
+        return _install_libvirt(request, dry_run=dry_run, out=out)
     ident, fetched, kernel, initrd = prep.identify_and_fetch(request)
     arch = prep.guest_arch(request, ident)
     if not dry_run:  # explain (a dry run) reports a foreign kernel as a warning instead
@@ -151,6 +156,68 @@ def install(
     if request.trace_boot:
         result.trace_report = prep.trace_report(plan, prediction)
     return result
+
+
+def _install_libvirt(
+    request: InstallRequest, *, dry_run: bool, out: IO[bytes] | None
+) -> InstallResult:
+    """The same pipeline with a libvirt hypervisor in the middle (see ``libvirt_run``)."""
+    from treeboot.boot import libvirt_run
+    from treeboot.boot.backends.libvirt_xml import render_domain_xml
+
+    libvirt_run.check_request(request)
+    paths = vm_paths(request.name, console_log=request.console_log)
+    with contextlib.ExitStack() as stack:
+        hv = stack.enter_context(libvirt_run.connect(request.connect or ""))
+        ident, fetched, kernel, initrd = prep.identify_and_fetch(request)
+        arch = prep.guest_arch(request, ident)
+        accel = libvirt_run.choose_accel(hv, request, arch)
+        network, repo_url = libvirt_run.guest_network(hv, request, ident, stack, dry_run=dry_run)
+        if not dry_run:
+            prep.check_guest_reachable(request, ident, network)
+        payload = prep.unattended_payload(request, ident)
+        cdrom = prep.install_medium(ident)
+        cmdline = prep.kernel_cmdline(
+            request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
+        )
+        plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
+        plan = replace(plan, cdrom=cdrom)
+        try:
+            initrd, temp_files = prep.inject(request, payload, initrd, paths, dry_run=dry_run)
+            plan = replace(plan, initrd=initrd, temp_files=temp_files)
+            seed = prep.seed_volume(payload, paths, dry_run=dry_run)
+            if seed is not None:
+                plan = replace(plan, seed_iso=seed, temp_files=[*plan.temp_files, seed])
+            disk, _ = libvirt_run.disk_plan(hv, request, ident, arch, dry_run=dry_run)
+            plan = replace(plan, disk=disk)
+            xml = render_domain_xml(plan, Phase.INSTALL)
+            result = InstallResult(
+                plan, [], ident, accel, dry_run, fetched, secrets=payload.secrets, xml=xml
+            )
+            if dry_run:
+                return result
+            prep.predict_boot(plan)  # refuses an initrd that cannot fit, before uploading
+            _start_state(plan, request, payload.secrets, connect=request.connect)
+            result.run = libvirt_run.run(hv, plan, request, out)
+        finally:
+            _remove(plan.temp_files)
+    return result
+
+
+def _start_state(
+    plan: BootPlan, request: InstallRequest, secrets: list[str], *, connect: str | None = None
+) -> None:
+    paths = plan.paths
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.console_log.parent.mkdir(parents=True, exist_ok=True)
+    paths.console_log.write_bytes(b"")  # a new install starts a new log
+    opts = WatchOptions(ConsoleMode(request.console), request.wait, request.wait_for)
+    save_plan(plan, secrets)
+    save_watch_options(paths.state_dir, opts)
+    write_status(
+        paths, state="starting", phase=str(Phase.INSTALL), watcher_pid=os.getpid(),
+        connect=connect,
+    )  # fmt: skip
 
 
 def _prepare_files(

@@ -38,9 +38,11 @@ class DiskPlan:
 
 @dataclass(frozen=True)
 class NetworkPlan:
-    mode: str = "user"  # "user" (restricted, guestfwd to our server) or "none"
+    mode: str = "user"  # "user" (restricted, guestfwd to our server), "none"; libvirt also
+    # "network" (a libvirt network named ``source``) and "bridge" (the host bridge ``source``)
     netdev_args: list[str] = field(default_factory=list)  # rendered by treeboot.boot.serve
     mac: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)

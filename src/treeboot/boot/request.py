@@ -17,6 +17,30 @@ from treeboot.errors import UsageError
 
 
 @dataclass(frozen=True)
+class NetworkRequest:
+    """virt-install's ``--network``: ``user``, ``none``, ``network=NAME``, ``bridge=BR``;
+    ``default`` (or no option) is the backend's default."""
+
+    kind: str  # "default" | "user" | "none" | "network" | "bridge"
+    source: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | None) -> NetworkRequest:
+        if spec is None or spec == "default":
+            return cls("default")
+        if spec in ("user", "none"):
+            return cls(spec)
+        first = spec.split(",")[0]
+        key, sep, value = first.partition("=")
+        if sep and key in ("network", "bridge") and value:
+            return cls(key, value)
+        raise UsageError(
+            f"--network {spec}: unsupported",
+            hint="use --network user|none, or with --connect network=NAME|bridge=BR",
+        )
+
+
+@dataclass(frozen=True)
 class InstallRequest:
     """What ``treeboot install`` was asked for; option names follow virt-install."""
 
@@ -28,7 +52,7 @@ class InstallRequest:
     arch: str | None = None
     accel: str = "auto"
     extra_args: Sequence[str] = ()
-    network: str = "user"
+    network: str | None = None  # None: "user" on QEMU, libvirt's "default" network on libvirt
     console: str = "log"
     console_log: Path | None = None
     wait: float | None = None
@@ -47,14 +71,19 @@ class InstallRequest:
     force: bool = False
     progress: bool | None = None  # download bars: None = when stderr is a terminal (-q: False)
     boot: str | None = None  # --boot bios|uefi|direct (None: the arch's default firmware)
+    connect: str | None = None  # libvirt URI (virt-install's --connect); None: treeboot's QEMU
+    pool: str | None = None  # libvirt storage pool for the disk and uploads (None: ask)
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        if self.network not in ("user", "none"):
+        net = NetworkRequest.parse(self.network)
+        if self.connect is None and net.kind not in ("default", "user", "none"):
             raise UsageError(
-                f"--network {self.network}: unsupported",
+                f"--network {self.network}: libvirt networks and bridges need --connect URI",
                 hint="use --network user (restricted user-mode networking) or --network none",
             )
+        if self.connect is None and self.pool is not None:
+            raise UsageError("--pool is a libvirt storage pool: it needs --connect URI")
         try:
             ConsoleMode(self.console)
         except ValueError as e:

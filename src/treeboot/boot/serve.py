@@ -308,13 +308,22 @@ def _open_source(
 class GuestServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 (ephemeral port) for one install tree.
 
+    ``host`` binds another address instead: a libvirt network's bridge address, for guests
+    on that network (``--connect``).
+
     ``source`` is a directory, a local ISO (its files are served, and the image itself at
     ``/<name>.iso``), a URL or path string, or an open ``Location``. GET and HEAD with one
     byte range; no directory listings; ``..``, absolute paths and symlinks leaving the tree are
     refused. Every request goes to :attr:`requests` and, as JSON lines, to ``access_log``.
     """
 
-    def __init__(self, source: Path | str | TreeSource, *, access_log: Path | None = None) -> None:
+    def __init__(
+        self,
+        source: Path | str | TreeSource,
+        *,
+        access_log: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self._lock = threading.Lock()
         self._closed = False
         self._connections: set[Any] = set()
@@ -326,14 +335,14 @@ class GuestServer:
         try:
             if access_log is not None:
                 self._log_file = open(access_log, "a", encoding="utf-8")  # noqa: SIM115
-            self._httpd = _Server(("127.0.0.1", 0), _Handler)
+            self._httpd = _Server((host, 0), _Handler)
         except OSError as e:
             self._close_source()
             raise BootError(f"cannot start the server for the guest: {e}") from e
         self._httpd.owner = self
         self.port: int = self._httpd.server_address[1]
         self.guest_url = GUEST_URL
-        self.url = f"http://127.0.0.1:{self.port}/"  # the same server, seen from the host
+        self.url = f"http://{host}:{self.port}/"  # the same server, seen from the host
         if image is not None:
             self.add_file("/" + guest_iso_name(str(image)), image)
         self._thread = threading.Thread(

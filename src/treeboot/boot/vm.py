@@ -133,6 +133,9 @@ def vm_status(name: str) -> VMStatus:
     paths = VMPaths.in_dir(state_dir)
     qemu_pid = read_pidfile(paths.pidfile)
     running = qemu_pid is not None and pid_matches(qemu_pid, str(paths.qmp_socket))
+    connect = status.get("connect")
+    if isinstance(connect, str):  # libvirt runs it: ask the hypervisor
+        running = _libvirt_running(connect, name)
     watcher = status.get("watcher_pid")
     return VMStatus(
         name=name,
@@ -147,6 +150,15 @@ def vm_status(name: str) -> VMStatus:
         location=plan.get("location"),
         updated=status.get("updated"),
     )
+
+
+def _libvirt_running(uri: str, name: str) -> bool:
+    from treeboot.boot.backends.libvirt import domain_running
+
+    try:
+        return domain_running(uri, name)
+    except BootError:  # hypervisor unreachable: not known to run
+        return False
 
 
 def list_vms() -> list[VMStatus]:
@@ -181,7 +193,12 @@ def stop_vm(name: str, *, timeout: float = 15.0) -> VMStatus:
     """
     status = vm_status(name)
     paths = VMPaths.in_dir(vm_dir(name))
-    if status.state == "running" and status.qemu_pid is not None:
+    connect = _read_json(paths.state_dir / "status.json").get("connect")
+    if isinstance(connect, str) and status.state == "running":
+        from treeboot.boot.backends.libvirt import destroy_domain
+
+        destroy_domain(connect, name)  # the watcher sees it destroyed from outside
+    elif status.state == "running" and status.qemu_pid is not None:
         signal_and_wait(status.qemu_pid, str(paths.qmp_socket), grace=timeout)
     if status.watcher_pid is not None:
         _wait_gone(status.watcher_pid, "treeboot", timeout)

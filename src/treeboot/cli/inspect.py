@@ -64,7 +64,8 @@ def _register_explain(sub: Any) -> None:
     p.add_argument("--kernel", help="kernel: path in the tree, or a local ./file or /file")
     p.add_argument("--initrd", help="initrd: path in the tree, or a local ./file or /file")
     p.add_argument("--arch", help="guest architecture (default: the tree's or the kernel's)")
-    p.add_argument("--backend", default="qemu", help="qemu (libvirt and pxe: not yet)")
+    p.add_argument("--backend", default="qemu",
+                   help="qemu or libvirt (install --connect); pxe: not yet")
     p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: as install)")
     p.add_argument("--machine", help="QEMU machine type (default: as install: q35, virt, ...)")
     p.add_argument("--boot", choices=["default", "bios", "uefi", "direct"], default="default",

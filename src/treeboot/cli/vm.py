@@ -14,6 +14,8 @@ def register(sub: Any) -> None:
     _register_install(sub)
     p = sub.add_parser("list", help="list VMs and their state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--connect", "-c", metavar="URI",
+                   help="also list treeboot's domains on this libvirt hypervisor")
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("console", help="show (and follow) a VM's serial console log")
     p.add_argument("name")
@@ -48,8 +50,14 @@ def _register_install(sub: Any) -> None:
     add = p.add_argument
     add("--extra-args", action="append", default=[], metavar="ARGS",
         help="more kernel arguments (repeatable)")
-    add("--network", default="user", metavar="user|none",
-        help="user: restricted user-mode network that reaches only the tree")
+    add("--network", metavar="user|none|network=NAME|bridge=BR",
+        help="user (default without --connect): restricted user-mode network that reaches"
+        " only the tree; with --connect: network=NAME (default: libvirt's 'default'),"
+        " bridge=BR or none")
+    add("--connect", "-c", metavar="URI",
+        help="install on a libvirt hypervisor (qemu:///system, qemu+ssh://host/system, ...)")
+    add("--pool", metavar="NAME",
+        help="with --connect: storage pool for the disk and uploads (default: ask libvirt)")
     add("--console", choices=["log", "attach", "none"], default="log",
         help="attach: also show the serial console live here")
     add("--console-log", type=Path, metavar="FILE",
@@ -120,6 +128,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         keyring=args.keyring.resolve() if args.keyring else None,
         force=args.force,
         progress=False if args.quiet else None,
+        connect=args.connect,
+        pool=args.pool,
     )
     warn_insecure(args)
     out = None if args.json else sys.stdout.buffer
@@ -133,8 +143,12 @@ def cmd_install(args: argparse.Namespace) -> int:
         emit_json(result.to_json())
     elif args.dry_run:
         print(describe(result))
-        print("QEMU command:")
-        print(format_argv(result.argv))
+        if result.xml is not None:
+            print("libvirt domain XML (install phase):")
+            print(result.xml, end="")
+        else:
+            print("QEMU command:")
+            print(format_argv(result.argv))
     else:
         _report(result)
     if result.trace_report and not args.json:
@@ -157,17 +171,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     from treeboot.boot.vm import list_vms
 
     vms = list_vms()
+    domains = _libvirt_domains(args.connect, {vm.name for vm in vms}) if args.connect else []
     if args.json:
-        emit_json([vm.to_json() for vm in vms])
+        emit_json([vm.to_json() for vm in vms] + domains)
         return 0
-    if not vms:
+    if not vms and not domains:
         notice("no VMs")
         return 0
     print(f"{'NAME':<20} {'STATE':<8} {'PHASE':<10} {'OUTCOME':<22} OS")
     for vm in vms:
         outcome = vm.outcome or ""
         print(f"{vm.name:<20} {vm.state:<8} {vm.phase or '':<10} {outcome:<22} {vm.os or ''}")
+    for d in domains:
+        print(f"{d['name']:<20} {d['state']:<8} {d['phase'] or '':<10} {'(libvirt)':<22}"
+              f" {d['os'] or ''}")
     return 0
+
+
+def _libvirt_domains(uri: str, known: set[str]) -> list[dict[str, Any]]:
+    """treeboot's domains on ``uri`` (found by their metadata) that have no local state."""
+    from treeboot.boot.backends.libvirt import Hypervisor, treeboot_domains
+
+    hv = Hypervisor(uri)
+    try:
+        return [
+            {"name": d.name, "state": "running" if d.running else "stopped", "phase": d.phase,
+             "os": d.os, "location": d.location, "connect": uri}
+            for d in treeboot_domains(hv) if d.name not in known
+        ]  # fmt: skip
+    finally:
+        hv.close()
 
 
 def cmd_console(args: argparse.Namespace) -> int:

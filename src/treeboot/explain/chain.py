@@ -42,8 +42,20 @@ from treeboot.model import FetchResult, Identification, Verified
 from treeboot.prepare.bootform import FormChoice, KernelForm, choose_form, firmware_kind
 from treeboot.store.cache import file_sha256
 
-BACKENDS = ("qemu",)
-LATER_BACKENDS = ("libvirt", "pxe")
+BACKENDS = ("qemu", "libvirt")
+LATER_BACKENDS = ("pxe",)
+# What changes when libvirt is in the middle (``install --connect``); the hand-off does not.
+LIBVIRT_NOTES = (
+    "libvirt: treeboot uploads kernel and initrd (with injected files) through the API into"
+    " storage volumes on the hypervisor (pool 'default', else 'treeboot-boot' in"
+    " /var/lib/libvirt/boot/treeboot); the domain XML names those paths in <kernel>/<initrd>.",
+    "libvirt: libvirtd, not treeboot, starts QEMU there; QEMU (as libvirt-qemu, labelled by"
+    " DAC/SELinux/AppArmor for those volumes) opens the files and loads them through the same"
+    " fw_cfg hand-off shown above; the volumes are deleted once the installer runs.",
+    "libvirt: the serial console comes back over a virDomainOpenConsole stream (virtlogd keeps"
+    " a log on the hypervisor); --trace-boot is not available, since treeboot does not write"
+    " QEMU's command line.",
+)
 BOOTS = ("default", "bios", "uefi", "direct")
 VERIFIED_HOW = {
     Verified.SIGNED_CHAIN: "sha256 matches the tree's checksum list, which a verified"
@@ -467,7 +479,11 @@ def explain(req: ExplainRequest) -> Explanation:
         placement=placement,
         firmware_path=firmware,
         sequence=sequence,
-        notes=[*notes, *_ram_notes(placement, plan.memory_mib)],
+        notes=[
+            *notes,
+            *_ram_notes(placement, plan.memory_mib),
+            *(LIBVIRT_NOTES if req.backend == "libvirt" else ()),
+        ],
         warnings=[*warnings, *placement.warnings],
         boot_form=form,
     )
