@@ -127,14 +127,17 @@ def qemu_pxe_argv(
     firmware: str = "bios",
     vars_file: Path | None = None,
     disk: Path | None = None,
+    smp: int = 1,
 ) -> list[str]:
     """A q35 TCG guest that network-boots from ``tap``; its serial console goes to ``console``."""
     argv = [
-        "qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "1024", "-smp", "1",
+        "qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "1024", "-smp", str(smp),
         "-display", "none", "-serial", f"file:{console}", "-monitor", "none",
         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1",
     ]  # fmt: skip
+    # Under UEFI the NIC gets no iPXE option ROM: OVMF's own PXE stack must do the boot.
+    rom = "" if firmware == "bios" else ",romfile="
+    argv += ["-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1{rom}"]
     if disk is not None:
         argv += ["-drive", f"file={disk},format=raw,if=none,id=d0",
                  "-device", "virtio-blk-pci,drive=d0,bootindex=2"]  # fmt: skip
@@ -144,6 +147,7 @@ def qemu_pxe_argv(
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_DIR / code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}"]  # fmt: skip
         if firmware == "secboot":
+            argv[argv.index("q35")] = "q35,smm=on"
             argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     return argv
 

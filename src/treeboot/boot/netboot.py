@@ -254,7 +254,8 @@ def start_netboot(
         workdir = Path(tempfile.mkdtemp(prefix="treeboot-pxe-"))
         workdir.chmod(0o755)  # dnsmasq drops to nobody and must reach tftp/
         stack.callback(shutil.rmtree, workdir, True)
-        tftp = workdir / "tftp"
+        # For --dnsmasq-conf the TFTP root must outlive us: it goes next to the config.
+        tftp = workdir / "tftp" if req.dnsmasq_conf is None else Path(f"{req.dnsmasq_conf}.tftp")
         server = NetbootServer(entries, state, listen=listen, loaders_dir=tftp, menu=req.menu,
                                on_access=on_access)  # fmt: skip
         stack.callback(server.close)
@@ -277,10 +278,8 @@ def start_netboot(
         svc.dnsmasq_conf, svc.http_url = conf, http_base
         if req.dnsmasq_conf is not None:
             check_config(conf)
-            # The TFTP root must outlive us for the network's own dnsmasq: keep it.
-            notice(f"wrote {conf}; its tftp-root {tftp} is kept after treeboot stops")
+            notice(f"wrote {conf}; its tftp-root {tftp} stays after treeboot stops")
             stack.pop_all()
-            svc.workdir = None
             return svc
         svc.dnsmasq = Dnsmasq(conf, on_line=on_dnsmasq_line)
         stack.pop_all()
