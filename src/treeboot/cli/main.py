@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "treeboot.cli.tree",  # identify, fetch, cache
     "treeboot.cli.vm",  # install, list, console, stop
     "treeboot.cli.inspect",  # inspect, explain
+    "treeboot.cli.fleet",  # fleet
 ]
 
 
