@@ -11,7 +11,8 @@ RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd
 # benchmarks and tests compare against, and the daemons the tests start themselves.
 TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
             debian-installer-12-netboot-arm64 \
-            xorriso genisoimage cpio gpg curl linux-doc busybox-static
+            xorriso genisoimage cpio gpg curl linux-doc busybox-static \
+            openssh-server openssh-client
 
 .PHONY: run test run-deps test-deps venv test-venv lint clean
 
