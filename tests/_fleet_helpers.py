@@ -49,6 +49,7 @@ def ansible(
     """Run one of ansible-core's commands in ``cwd`` with only what the emitted dir sets up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env["LC_ALL"] = "C.UTF-8"  # Ansible refuses to run without a UTF-8 locale
     return subprocess.run(
         [str(BIN / tool), *args],
         cwd=cwd,

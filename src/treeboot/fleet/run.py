@@ -7,6 +7,7 @@ host), not from parsing Ansible's text output.
 
 from __future__ import annotations
 
+import locale
 import os
 import sys
 import tempfile
@@ -124,10 +125,13 @@ def run_fleet(
 def _environment(base: Path) -> dict[str, str]:
     # ansible-playbook from this treeboot's environment, whatever PATH says.
     bindir = str(Path(sys.executable).parent)
-    return {
+    env = {
         "ANSIBLE_CONFIG": str(base / CONFIG),
         "PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
     }
+    if locale.nl_langinfo(locale.CODESET).lower().replace("-", "") != "utf8":
+        env["LC_ALL"] = "C.UTF-8"  # Ansible refuses to run without a UTF-8 locale
+    return env
 
 
 def _handler(

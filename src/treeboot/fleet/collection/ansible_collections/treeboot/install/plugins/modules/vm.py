@@ -21,7 +21,7 @@ description:
   - Parameters are named after the command line options, with C(_) for C(-).
 version_added: 0.1.0
 author:
-  - treeboot developers
+  - treeboot developers (@treeboot)
 requirements:
   - treeboot (for the Python interpreter Ansible uses on the target host)
   - QEMU on the target host
@@ -31,6 +31,7 @@ attributes:
     description: Check mode is C(--dry-run); the plan is returned and nothing is started.
   diff_mode:
     support: none
+    description: There is nothing to diff; the result shows the plan.
 options:
   name:
     description: VM name; its state lives in C(TREEBOOT_HOME/vms/NAME).
