@@ -13,12 +13,12 @@ import sys
 
 BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
+# ensurepip clears the PIP_* variables and points PIP_CONFIG_FILE at /dev/null: set ours after.
+ensurepip.bootstrap(upgrade=True)
 if os.path.exists(BUNDLE):
     config = os.path.join(sys.prefix, "pip.conf")
     with open(config, "w") as f:
         f.write(f"[global]\ncert = {BUNDLE}\n")
-    os.environ["PIP_CERT"] = BUNDLE
     os.environ["PIP_CONFIG_FILE"] = config
-ensurepip.bootstrap(upgrade=True)
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
 subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
