@@ -7,6 +7,7 @@ TREEBOOT_UPDATE_GOLDEN=1 pytest tests/fleet/test_fleet_plan.py
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ import yaml
 
 from _fleet_helpers import ISSUE_PLAN, ansible, needs_ansible, treeboot
 from _paths import DATA
+from treeboot.boot.request import InstallRequest
 from treeboot.errors import UsageError
 from treeboot.fleet.emit import render_config, render_inventory, render_playbook
 from treeboot.fleet.plan import MODULE_FILE, load_plan, module_options, parse_plan
@@ -86,11 +88,7 @@ def test_emitted_files_match_golden() -> None:
 
 def test_machine_keys_are_the_module_parameters() -> None:
     """The plan's keys come from the module's DOCUMENTATION: it must match its argument_spec."""
-    spec = importlib.util.spec_from_file_location("treeboot_ansible_vm", MODULE_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argspec: dict[str, dict[str, Any]] = module.ARGUMENT_SPEC
+    argspec: dict[str, dict[str, Any]] = _module().ARGUMENT_SPEC
     docs = module_options()
     assert set(argspec) == set(docs)
     for name, entry in argspec.items():
@@ -209,3 +207,43 @@ def test_module_failure_gives_the_cli_message_and_hint(tmp_path: Path) -> None:
     # (rich wraps long notices at the terminal's width)
     assert f"treeboot: bad1: {message} (hint: {hint})".split() == human.stderr.split()[6:]
     assert "bad1" in human.stdout and "failed" in human.stdout
+
+
+def _module() -> Any:
+    spec = importlib.util.spec_from_file_location("treeboot_ansible_vm", MODULE_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _params(module: Any, **given: Any) -> dict[str, Any]:
+    params = {k: v.get("default") for k, v in module.ARGUMENT_SPEC.items()}
+    return {**params, **given}
+
+
+def test_module_request_keeps_secrets_in_private_files(tmp_path: Path) -> None:
+    vm = _module()
+    params = _params(
+        vm, name="db1", location="/srv/tree", memory=2048, extra_args=["a b=c"],
+        unattended="profile=minimal", admin_password="s3cret", ssh_key="ssh-ed25519 AAAA x",
+    )  # fmt: skip
+    request = vm.build_request(params, str(tmp_path))
+    assert (request.name, request.memory_mib) == ("db1", 2048)
+    assert list(request.extra_args) == ["a", "b=c"]
+    secret = tmp_path / "admin_password"
+    assert request.unattended == (
+        f"profile=minimal,admin-password-file={secret},ssh-key={tmp_path / 'ssh_key'}"
+    )
+    assert secret.read_text() == "s3cret\n" and secret.stat().st_mode & 0o777 == 0o600
+    assert "s3cret" not in repr(request)
+
+
+def test_module_connect_needs_a_treeboot_that_has_it(tmp_path: Path) -> None:
+    vm = _module()
+    params = _params(vm, name="db1", location="/srv/tree", connect="qemu:///system")
+    if "connect" in {f.name for f in dataclasses.fields(InstallRequest)}:
+        assert vm.build_request(params, str(tmp_path)).connect == "qemu:///system"
+    else:
+        with pytest.raises(UsageError, match="no --connect"):
+            vm.build_request(params, str(tmp_path))

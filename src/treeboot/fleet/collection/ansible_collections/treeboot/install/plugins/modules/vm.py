@@ -223,7 +223,7 @@ try:
     from treeboot.boot.request import InstallRequest
     from treeboot.boot.steps import split_extra_args
     from treeboot.boot.vm import vm_dir, vm_status
-    from treeboot.errors import TreebootError
+    from treeboot.errors import TreebootError, UsageError
 except ImportError:
     HAS_TREEBOOT = False
     TREEBOOT_IMPORT_ERROR = traceback.format_exc()
@@ -312,7 +312,7 @@ def build_request(params: dict[str, Any], tmpdir: str) -> InstallRequest:
         kwargs["unattended"] = ",".join(unattended)
     if params["connect"] is not None:
         if "connect" not in [f.name for f in dataclasses.fields(InstallRequest)]:
-            raise TreebootError(
+            raise UsageError(
                 "connect: this treeboot has no --connect (libvirt) backend",
                 hint="upgrade treeboot on the target host, or leave connect out for QEMU",
             )
