@@ -20,7 +20,7 @@ TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
             debian-installer-12-netboot-i386 debian-installer-12-netboot-armhf \
             debian-installer-12-netboot-ppc64el debian-installer-12-netboot-mips64el \
             xorriso genisoimage cpio gpg curl linux-doc busybox-static openssl debconf \
-            dnsmasq-base ipxe iproute2 $(LIBVIRT_PKGS)
+            dnsmasq-base ipxe iproute2 openssh-server openssh-client $(LIBVIRT_PKGS)
 
 .PHONY: run test run-deps test-deps venv test-venv lint clean
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "treeboot.cli.vm",  # install, list, console, stop
     "treeboot.cli.inspect",  # inspect, explain
     "treeboot.cli.pxe",  # pxe
+    "treeboot.cli.fleet",  # fleet
 ]
 
 
