@@ -25,9 +25,10 @@ at all are counted (they cannot be named past the database) and reported apart.
 Then the warm ``identify`` of real ISO images (xorriso; a learnt and an exact volume id):
 in-process (second call, caches warm) and ``treeboot identify --json`` in a fresh process with
 the on-disk caches warm, interleaved with the peer: the same command of the base branch
-(``--base REF``, default ``restructure``, extracted with ``git archive``).
+(``--base REF``, default ``restructure``, extracted with ``git archive``; pass the commit
+before this work, e.g. ``--base 7a22500``, once it is merged).
 
-Usage: .venv/bin/python bench/identify_corpus.py [--runs 7] [--base restructure]
+Usage: .venv/bin/python bench/identify_corpus.py [--runs 7] [--base REF] [--timing-only]
 """
 
 from __future__ import annotations
@@ -350,8 +351,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--base", default="restructure", help="git ref of the peer for timings")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--timing-only", action="store_true")
     ap.add_argument("--show-misses", type=int, default=0, metavar="N")
     args = ap.parse_args()
+    if args.timing_only:
+        timing(args.runs, args.base)
+        return 0
     db = load_osinfo()
     rules = sum(len(e.medias) for e in db.entries)
     print(f"osinfo-db {db.version}: {len(db.entries)} entries, {rules} <media> rules")

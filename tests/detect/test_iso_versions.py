@@ -149,6 +149,10 @@ AFTER_THE_DATABASE = [
     # Debian: "Debian <x.y.z> <arch> n" (netinst) and the testing suite
     ("Debian 12.8.0 amd64 n", {}, "debian12", "x86_64", "12"),
     ("Debian 13.1.0 arm64 n", {}, "debian13", "aarch64", "13"),
+    # arch spellings of the descriptor normalised to osinfo's: p64el is Debian's cut ppc64el
+    ("Debian 12.8.0 p64el n", {}, "debian12", "ppc64le", "12"),
+    ("Debian 12.8.0 armhf n", {}, "debian12", "armv7l", "12"),
+    ("Debian 12.8.0 i386 n", {}, "debian12", "i686", "12"),
 ]
 
 BEFORE_THE_DATABASE = [

@@ -277,6 +277,8 @@ def name_descriptor(
         "application_id": info.application_id,
     }
     hits = [h for h in vol.match_patterns(db, values) if not arch or h.arch in (None, arch)]
+    if match is not None:  # the family osinfo-db named (a placeholder too) goes first
+        hits.sort(key=lambda h: h.pattern.distro != match.entry.distro)
     learnt = next((n for h in hits if (n := naming.name_hit(db, h)) is not None), None)
     exact = match.entry if match and not match.entry.is_placeholder else None
     if naming.prefer_learnt(learnt, exact):

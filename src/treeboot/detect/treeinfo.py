@@ -211,7 +211,7 @@ def guess_os(ti: TreeInfo, arch: str | None, db: OsinfoDB, rules: Rules) -> OsGu
         return OsGuess(e.short_id, e.distro, e.name, ti.version or e.version, True, e)
     placeholder = next((e.short_id for e, _ in hits if e.is_placeholder), None)
     notes = {"osinfo_match": placeholder} if placeholder else {}
-    # An edition osinfo-db models as its own OS (Silverblue, Kinoite) has variant-specific
+    # An edition osinfo-db models as its own OS (Silverblue) has variant-specific
     # rules: they name the series, not the family's plain entries.
     fam = [x for x in fam if x[1].treeinfo_variant is not None] or fam
     distros = Counter(e.distro for e, _ in fam if e.distro)
