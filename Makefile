@@ -6,7 +6,7 @@ VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 # `make run` boots Debian 12's netboot installer under QEMU: only what that needs.
 RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd64 \
-            gpgv debian-archive-keyring python3-venv
+            gpgv debian-archive-keyring python3-venv util-linux
 # `make test` also needs the other architectures, firmware, ISO and cpio tools, the peers the
 # benchmarks and tests compare against, and the daemons the tests start themselves.
 TEST_PKGS := $(RUN_PKGS) qemu-system-arm qemu-efi-aarch64 ovmf ipxe-qemu \
