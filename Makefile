@@ -6,7 +6,7 @@ VENV    ?= .venv
 PYTHON  := $(VENV)/bin/python
 # `make run` boots Debian 12's netboot installer under QEMU: only what that needs.
 RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd64 \
-            gpgv debian-archive-keyring python3-venv
+            gpgv debian-archive-keyring python3-venv util-linux
 # --connect: a real libvirtd (started by the tests, no systemd), virt-install to compare with,
 # an sshd for qemu+ssh://, and what building libvirt-python (the `libvirt` extra) needs.
 LIBVIRT_PKGS := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils \

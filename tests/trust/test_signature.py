@@ -382,15 +382,22 @@ def test_expired_key_is_a_problem() -> None:
     [
         b"0" * 64 + b"  ../etc/passwd\n",
         b"0" * 64 + b"  /etc/passwd\n",
-        b"nothex  ./linux\n",
-        b"0" * 63 + b"  ./linux\n",
-        b"\xff\xfe\n",
         b"0" * 64 + b"  ./a\n" + b"1" * 64 + b"  a\n",
     ],
 )
 def test_parse_sha256sums_rejects(text: bytes) -> None:
     with pytest.raises(MetadataError):
         parse_sha256sums(text)
+
+
+@pytest.mark.parametrize(
+    "junk", [b"nothex  ./linux\n", b"0" * 63 + b"  ./linux\n", b"\xff\xfe\n"]
+)
+def test_parse_sha256sums_skips_junk_lines(junk: bytes) -> None:
+    """Issue 10: lines in another form are skipped (``sha256sum --check`` does the same);
+    the file they would name stays unverified."""
+    good = b"ab" * 32 + b"  ./initrd.gz\n"
+    assert parse_sha256sums(junk + good) == {"initrd.gz": "ab" * 32}
 
 
 def test_parse_sha256sums_forms() -> None:
