@@ -1,6 +1,6 @@
 """``treeboot install --connect`` against virt-install, on the same private libvirtd.
 
-    .venv/bin/python bench/libvirt.py [--runs 3] [--upload-runs 5] [--json]    (as root)
+    .venv/bin/python bench/libvirt_install.py [--runs 3] [--upload-runs 5] [--json]    (as root)
 
 1. Time to installer: seconds from command start to the Debian 12 netboot installer's
    "Select a language", for
