@@ -95,12 +95,32 @@ class Bench:
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            return wait_for_prompt(log, started, None)
+            return self._wait_domain_prompt(log, started, name)
         finally:
             stop(proc)
             for cmd in (["destroy", name], ["undefine", name]):
                 self.daemon.virsh(*cmd, check=False)
             log.unlink(missing_ok=True)
+
+    def _wait_domain_prompt(self, log: Path, started: float, name: str) -> float:
+        """As wait_for_prompt, but a domain that failed to start ends the wait at once."""
+        deadline = started + time_to_installer.LIMIT
+        next_check = started + 30  # by then virt-install has defined and started it
+        offset, tail = 0, b""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError), log.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+                offset, tail = offset + len(data), (tail + data)[-4096:]
+                if PROMPT in tail:
+                    return time.monotonic() - started
+            if time.monotonic() > next_check:
+                state = self.daemon.virsh("domstate", name, check=False).stdout.strip()
+                if state and state != "running":
+                    raise RuntimeError(f"virt-install's domain {name} is {state!r}")
+                next_check = time.monotonic() + 2
+            time.sleep(0.02)
+        raise RuntimeError(f"no prompt in {log} within {time_to_installer.LIMIT} s")
 
     def upload_api(self, index: int) -> float:
         hv = Hypervisor(self.daemon.uri)
