@@ -8,8 +8,8 @@
 libvirtd and virtlogd run as root in their own mount *and* network namespace
 (``unshare -m -n``):
 
-- ``/dev/kvm`` is masked by a file the QEMU user cannot open (KVM hangs on this host, and a
-  libvirtd that sees it spends 8-12 s probing it on every capabilities call);
+- ``/dev/kvm`` is masked by a device node the QEMU user cannot open (KVM hangs on this host,
+  and a libvirtd that sees it spends 8-12 s probing it on every capabilities call);
 - ``/etc/libvirt``, ``/run/libvirt``, ``/var/lib/libvirt``, ``/var/log/libvirt`` and
   ``/var/cache/libvirt`` are bind-mounted from a private directory, so the daemons share
   nothing with another libvirtd on the machine;
@@ -25,6 +25,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -95,8 +96,11 @@ def _prepare_root(root: Path) -> None:
     # What /dev/kvm shows the daemon: a file the QEMU user may not open. libvirt then sees no
     # usable KVM, which agrees with what QEMU reports, so its capabilities cache stays valid
     # (masking with /dev/null, which anyone may open, makes it re-probe QEMU on every call).
+    # A character device (libvirt copies /dev/kvm into QEMU's private /dev, which only works
+    # for device nodes): the null device's numbers, mode 000.
     masked = root / "kvm-masked"
-    masked.touch()
+    masked.unlink(missing_ok=True)
+    os.mknod(masked, 0o000 | stat.S_IFCHR, os.makedev(1, 3))
     masked.chmod(0)
     for sub in _PRIVATE:
         (root / sub).mkdir(exist_ok=True)

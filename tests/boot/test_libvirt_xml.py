@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -141,3 +142,16 @@ def test_libvirt_only_options_need_connect() -> None:
         InstallRequest("http://x/", name="a", pool="default")
     req = InstallRequest("http://x/", name="a", network="bridge=br0", connect="qemu:///system")
     assert req.connect == "qemu:///system"
+
+
+def test_connect_without_the_binding_says_how_to_add_it(tmp_path: Path) -> None:
+    """The default install has no libvirt binding: --connect exits 7 with the extra's name."""
+    code = ("import sys; sys.modules['libvirt'] = None  # as if libvirt-python were missing\n"
+            "from treeboot.cli.main import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "install", str(tmp_path), "--name", "x",
+         "--connect", "qemu:///system", "--dry-run"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 7, proc.stderr
+    assert "libvirt Python binding" in proc.stderr and "treeboot[libvirt]" in proc.stderr

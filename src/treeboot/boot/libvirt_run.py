@@ -204,7 +204,7 @@ def run(
     uuid = hv.new_uuid(plan.name)
     with _signals_raise():
         try:
-            phases.append(_install_phase(hv, plan, opts, deadline, out, uuid))
+            phases.append(_install_phase(hv, plan, opts, deadline, out, uuid, request.pool))
         except _Signalled as e:
             outcome = Outcome.INTERRUPTED if e.signum == signal.SIGINT else Outcome.TERMINATED
             phases.append(PhaseResult(Phase.INSTALL, outcome, str(e), []))
@@ -234,10 +234,11 @@ def _install_phase(
     deadline: float | None,
     out: IO[bytes] | None,
     uuid: str,
+    pool: str | None,
 ) -> PhaseResult:
     uploads: list[Volume] = []
     try:
-        hv_plan = _upload_artifacts(hv, plan, uploads)
+        hv_plan = _upload_artifacts(hv, plan, uploads, pool)
         xml = render_domain_xml(hv_plan, Phase.INSTALL, _facts(hv, plan, uuid))
         (plan.paths.state_dir / "install.xml").write_text(xml)
         with _DomainWatch(hv, plan, opts, deadline, out) as watch:
@@ -263,8 +264,13 @@ def _install_phase(
     return PhaseResult(Phase.INSTALL, outcome, detail, [])
 
 
-def _upload_artifacts(hv: Hypervisor, plan: BootPlan, uploads: list[Volume]) -> BootPlan:
-    pool = hv.find_pool(None if plan.disk is None else _pool_of(hv, plan.disk))
+def _upload_artifacts(
+    hv: Hypervisor, plan: BootPlan, uploads: list[Volume], pool_name: str | None
+) -> BootPlan:
+    """Into ``--pool``, else the disk's pool, else the one the connection offers."""
+    if pool_name is None and plan.disk is not None:
+        pool_name = _pool_of(hv, plan.disk)
+    pool = hv.find_pool(pool_name)
     changes: dict[str, Path] = {}
     for field, suffix in (("kernel", "kernel"), ("initrd", "initrd"), ("seed_iso", "seed")):
         local = getattr(plan, field)
