@@ -48,6 +48,7 @@ from treeboot.notices import notice
 
 log = logging.getLogger("treeboot.install")
 
+
 @dataclass
 class InstallResult:
     plan: BootPlan
