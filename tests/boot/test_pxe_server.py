@@ -148,7 +148,7 @@ def test_max_boots_per_machine(serve: object) -> None:
         ("/", 404), ("/e0/", 404), ("/e0", 404), ("/e1/linux", 404), ("/../../etc/passwd", 400),
         ("/e0/%2e%2e/%2e%2e/etc/passwd", 400), ("/e0/linux/../../x", 400), ("/etc/passwd", 404),
         ("/e0/initrd/not-a-mac", 400), ("/boot.ipxe?mac=zz", 400), ("/tftp/undionly.kpxe", 404),
-        ("/e0/initrd.gz", 404),
+        ("/e0/initrd.gz", 404), ("/snponly.efi", 404),
     ],
 )  # fmt: skip
 def test_only_the_intended_paths_exist(serve: object, path: str, status: int) -> None:

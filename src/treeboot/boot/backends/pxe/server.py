@@ -322,7 +322,8 @@ class NetbootServer:
                 return self._initrd(entry, _mac(m), ip, base)
             case [name] if name in ("snponly.efi", "ipxe.efi") and self.loaders_dir:
                 path = self.loaders_dir / name
-                return _File(path, path.stat().st_size, None)
+                if path.is_file():
+                    return _File(path, path.stat().st_size, None)
         raise _HttpError(404, "not found")
 
     def _entry(self, name: str) -> NetbootEntry | None:
