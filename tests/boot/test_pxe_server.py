@@ -238,3 +238,15 @@ def test_access_log_has_one_line_per_request(debian_tree: Path, tmp_path: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_menu_offers_every_location(debian_tree: Path, tmp_path: Path) -> None:
+    tree = str(debian_tree / TREE_PATH)
+    with pytest.raises(UsageError, match="--menu"):
+        NetbootRequest([tree, tree], listen="127.0.0.1:0")
+    req = NetbootRequest([tree, tree], listen="127.0.0.1:0", menu=True, state_dir=tmp_path)
+    with start_netboot(req) as svc:
+        script = _get(svc, f"/boot.ipxe?mac={MAC}")[2].decode()
+        assert script.startswith("#!ipxe\nmenu treeboot\n")
+        assert f"{svc.server.url}e1/initrd/{MAC}" in script
+        assert _get(svc, "/e1/linux", "HEAD")[0] == 200
