@@ -55,12 +55,13 @@ def kill_pid(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float
 
 
 class Lan:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, router_args: Sequence[str] = ()) -> None:
         sfx = f"{os.getpid()}-{next(_counter)}"
         self.lan, self.router, self.pxe = f"tbl-{sfx}", f"tbr-{sfx}", f"tbp-{sfx}"
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
         self._taps = itertools.count()
+        self.router_args = list(router_args)
         try:
             self._build()
         except BaseException:
@@ -87,7 +88,7 @@ class Lan:
             ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--port=0", "--interface=r0",
              "--bind-interfaces", f"--dhcp-range={SUBNET}.100,{SUBNET}.199,1h",
              f"--dhcp-leasefile={leases}", "--log-dhcp", "--log-facility=-",
-             f"--pid-file={self.workdir / 'router.pid'}"],
+             f"--pid-file={self.workdir / 'router.pid'}", *self.router_args],
             stdout=log, stderr=log,
         )  # fmt: skip
 
@@ -111,8 +112,8 @@ class Lan:
 
 
 @contextlib.contextmanager
-def lan_network(workdir: Path) -> Iterator[Lan]:
-    lan = Lan(workdir)
+def lan_network(workdir: Path, router_args: Sequence[str] = ()) -> Iterator[Lan]:
+    lan = Lan(workdir, router_args)
     try:
         yield lan
     finally:

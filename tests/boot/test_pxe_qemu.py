@@ -124,14 +124,19 @@ def test_ovmf_pxe_boots_the_installer_through_snponly(lan: Lan, debian_tree: Pat
 @needs_qemu
 @pytest.mark.qemu
 @pytest.mark.timeout(2400)  # TCG boots on a shared machine; the waits below bound each step
-def test_secure_boot_uses_the_trees_shim_and_grub(lan: Lan, debian_tree: Path) -> None:
-    mac = "52:54:00:77:00:12"
-    run = start_pxe(lan, debian_tree, "--machine", f"{mac},loader=shim")
-    qemu, console = boot_client(lan, mac, "secboot", firmware="secboot")
-    wait_for_text(console, PROMPT, INSTALLER_WAIT, [qemu, run.proc])
-    log = run.log.read_text()
-    assert "bootnetx64.efi" in log and "grubx64.efi" in log
-    assert any(f"GET /grub/{mac}.cfg 200" in ln for ln in access_lines(run))
+def test_secure_boot_uses_the_trees_shim_and_grub(tmp_path: Path, debian_tree: Path) -> None:
+    # GRUB 2.06 (Debian 12's signed grubx64.efi) ignores proxy-DHCP answers and loads its
+    # config from the DHCP ACK's next-server: the LAN's DHCP server must name treeboot's host
+    # there (a router's "TFTP server" setting). It still hands out no boot file.
+    with lan_network(tmp_path, [f"--dhcp-boot=,,{PXE_IP}"]) as lan:
+        mac = "52:54:00:77:00:12"
+        run = start_pxe(lan, debian_tree, "--machine", f"{mac},loader=shim")
+        qemu, console = boot_client(lan, mac, "secboot", firmware="secboot")
+        wait_for_text(console, PROMPT, INSTALLER_WAIT, [qemu, run.proc])
+        log = run.log.read_text()
+        assert "bootnetx64.efi" in log and "grubx64.efi" in log
+        assert f"treeboot/{mac}.cfg" in log and "treeboot/linux" in log  # over TFTP
+        assert "Secure boot enabled" in console.read_text()  # the kernel saw it enforced
 
 
 def test_tftp_serves_only_the_boot_programs_and_refuses_writes(lan: Lan, debian_tree: Path) -> None:
@@ -169,3 +174,36 @@ def test_dnsmasq_conf_mode_writes_a_checked_config_and_starts_no_dhcp(
     assert subprocess.run([dnsmasq, "--test", f"--conf-file={conf}"], check=False).returncode == 0
     run.proc.send_signal(2)
     assert run.proc.wait(60) == 0
+
+
+def test_secure_boot_grub_files_on_tftp_switch_to_local_boot_after_the_callback(
+    lan: Lan, debian_tree: Path
+) -> None:
+    mac = "52:54:00:77:00:13"
+    run = start_pxe(lan, debian_tree, "--machine", f"{mac},loader=shim")
+    cfg_url = f"tftp://{PXE_IP}/debian-installer/amd64/grub/treeboot/{mac}.cfg"
+    stub = sh("curl", "-fsS", f"tftp://{PXE_IP}/debian-installer/amd64/grub/grub.cfg",
+              ns=lan.router).stdout  # fmt: skip
+    assert "configfile $prefix/treeboot/${net_default_mac}.cfg" in stub
+    cfg = sh("curl", "-fsS", cfg_url, ns=lan.router).stdout
+    assert "linux /treeboot/linux console=ttyS0" in cfg and "initrd /treeboot/initrd" in cfg
+    sh("curl", "-fsS", f"http://{PXE_IP}:{HTTP_PORT}/done/{mac}", ns=lan.router)
+    assert sh("curl", "-fsS", cfg_url, ns=lan.router).stdout.endswith("exit\n")
+    run.proc.send_signal(2)
+    assert run.proc.wait(60) == 0
+
+
+def test_secure_boot_refuses_secrets_it_would_serve_over_tftp(lan: Lan, debian_tree: Path) -> None:
+    pw = lan.workdir / "pw"
+    pw.write_text("s3cret-password\n")
+    mac = "52:54:00:77:00:14"
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lan.pxe, sys.executable, "-m", "treeboot", "pxe",
+         str(debian_tree / TREE_PATH), "--interface", "p0", "--state-dir", str(lan.workdir),
+         "--unattended", f"profile=minimal,admin-password-file={pw}",
+         "--machine", f"{mac},loader=shim"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "carries secrets" in proc.stderr and "hint: use ssh-key=" in proc.stderr
+    assert not list(Path("/tmp").glob("treeboot-pxe-*/tftp/treeboot/initrd-52-54-00-77-00-14"))

@@ -27,6 +27,7 @@ CMDLINE = ("console=ttyS0", "priority=critical", "preseed/late_command=echo a b"
 ENTRY = BootEntry(
     "Debian 12 (bookworm)", f"{BASE}e0/linux", f"{BASE}e0/initrd/52:54:00:12:34:56", CMDLINE
 )
+TFTP_ENTRY = BootEntry("Debian 12 (bookworm)", "/treeboot/linux", "/treeboot/initrd", CMDLINE)
 LOCAL = LocalBoot("install done")
 GOLDEN_PXE = GOLDEN / "pxe"
 
@@ -45,9 +46,9 @@ def check_golden(name: str, text: str) -> None:
         ("local.ipxe", lambda: ipxe.render_ipxe_script(LOCAL)),
         ("chain.ipxe", lambda: ipxe.render_ipxe_chain(BASE)),
         ("menu.ipxe", lambda: ipxe.render_ipxe_menu([ENTRY, ENTRY])),
-        ("install.grub.cfg", lambda: grub.render_grub_cfg(ENTRY, BASE)),
-        ("local.grub.cfg", lambda: grub.render_grub_cfg(LOCAL, BASE)),
-        ("stub.grub.cfg", lambda: grub.render_grub_stub(BASE)),
+        ("install.grub.cfg", lambda: grub.render_grub_cfg(TFTP_ENTRY)),
+        ("local.grub.cfg", lambda: grub.render_grub_cfg(LOCAL)),
+        ("stub.grub.cfg", lambda: grub.render_grub_stub()),
         ("install.pxelinux.cfg", lambda: pxelinux.render_pxelinux_cfg(ENTRY)),
         ("local.pxelinux.cfg", lambda: pxelinux.render_pxelinux_cfg(LOCAL)),
     ],

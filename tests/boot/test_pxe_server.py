@@ -120,7 +120,6 @@ def test_boot_once_then_local_boot_and_status(serve: object, tmp_path: Path) -> 
     _get(svc, f"/e0/initrd/{MAC}", "HEAD")
     assert _get(svc, f"/done/{MAC}")[0] == 200
     assert _get(svc, f"/boot.ipxe?mac={MAC}")[2].decode().endswith("exit\n")
-    assert "exit" in _get(svc, f"/grub/{MAC}.cfg")[2].decode()
     # --max-boots 1: a MAC that never calls back gets the installer once.
     assert b"kernel " in _get(svc, f"/boot.ipxe?mac={OTHER}")[2]
     second = _get(svc, f"/boot.ipxe?mac={OTHER}")[2].decode()
@@ -149,7 +148,7 @@ def test_max_boots_per_machine(serve: object) -> None:
         ("/", 404), ("/e0/", 404), ("/e0", 404), ("/e1/linux", 404), ("/../../etc/passwd", 400),
         ("/e0/%2e%2e/%2e%2e/etc/passwd", 400), ("/e0/linux/../../x", 400), ("/etc/passwd", 404),
         ("/e0/initrd/not-a-mac", 400), ("/boot.ipxe?mac=zz", 400), ("/tftp/undionly.kpxe", 404),
-        ("/e0/initrd.gz", 404),
+        ("/e0/initrd.gz", 404), ("/snponly.efi", 404),
     ],
 )  # fmt: skip
 def test_only_the_intended_paths_exist(serve: object, path: str, status: int) -> None:
@@ -239,3 +238,15 @@ def test_access_log_has_one_line_per_request(debian_tree: Path, tmp_path: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_menu_offers_every_location(debian_tree: Path, tmp_path: Path) -> None:
+    tree = str(debian_tree / TREE_PATH)
+    with pytest.raises(UsageError, match="--menu"):
+        NetbootRequest([tree, tree], listen="127.0.0.1:0")
+    req = NetbootRequest([tree, tree], listen="127.0.0.1:0", menu=True, state_dir=tmp_path)
+    with start_netboot(req) as svc:
+        script = _get(svc, f"/boot.ipxe?mac={MAC}")[2].decode()
+        assert script.startswith("#!ipxe\nmenu treeboot\n")
+        assert f"{svc.server.url}e1/initrd/{MAC}" in script
+        assert _get(svc, "/e1/linux", "HEAD")[0] == 200

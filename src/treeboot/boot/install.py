@@ -49,6 +49,7 @@ from treeboot.prepare.bootform import PreparedForms
 
 log = logging.getLogger("treeboot.install")
 
+
 @dataclass
 class InstallResult:
     plan: BootPlan

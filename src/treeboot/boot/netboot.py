@@ -35,10 +35,12 @@ from treeboot.boot.backends.pxe.dnsmasq import (
     UefiLoader,
     render_dnsmasq_conf,
 )
+from treeboot.boot.backends.pxe.entry import BootEntry, LocalBoot
 from treeboot.boot.backends.pxe.machines import Loader, Machine, merge_machines
 from treeboot.boot.backends.pxe.server import ClientProfile, NetbootEntry, NetbootServer
-from treeboot.boot.backends.pxe.state import BootState
+from treeboot.boot.backends.pxe.state import BootState, MachineState, load_status
 from treeboot.boot.backends.pxe.supervise import (
+    GRUB_PREFIX,
     Dnsmasq,
     build_tftp_root,
     check_config,
@@ -51,6 +53,7 @@ from treeboot.errors import UsageError
 from treeboot.locate.open import open_location
 from treeboot.model import Identification
 from treeboot.notices import notice
+from treeboot.prepare.inject import inject_files
 
 DEFAULT_PORT = 8067
 
@@ -256,8 +259,9 @@ def start_netboot(
         stack.callback(shutil.rmtree, workdir, True)
         # For --dnsmasq-conf the TFTP root must outlive us: it goes next to the config.
         tftp = workdir / "tftp" if req.dnsmasq_conf is None else Path(f"{req.dnsmasq_conf}.tftp")
+        grub_files = _GrubFiles(tftp, locations[0], machines, state)
         server = NetbootServer(entries, state, listen=listen, loaders_dir=tftp, menu=req.menu,
-                               on_access=on_access)  # fmt: skip
+                               on_access=on_access, on_done=grub_files.write)  # fmt: skip
         stack.callback(server.close)
         svc = NetbootService(server, state, server.url, workdir=workdir)
         if req.interface is None:
@@ -267,7 +271,9 @@ def start_netboot(
         host = if_addr if listen[0] in ("0.0.0.0", "::") else listen[0]
         http_base = f"http://{host}:{server.port}/"
         shim_dir = _shim_dir(locations, machines, workdir / "shim")
-        build_tftp_root(tftp, shim_dir=shim_dir, grub_stub=grub.render_grub_stub(http_base))
+        build_tftp_root(tftp, shim_dir=shim_dir, grub_stub=grub.render_grub_stub())
+        if shim_dir is not None:
+            grub_files.start(http_base)
         cfg = DnsmasqConfig(
             req.interface, str(subnet.network_address), str(tftp), http_base, if_addr,
             uefi_loader=req.uefi_loader,
@@ -285,6 +291,61 @@ def start_netboot(
         stack.pop_all()
         return svc
     raise AssertionError("unreachable")
+
+
+class _GrubFiles:
+    """The Secure Boot chain's files on TFTP: Debian's signed GRUB has no HTTP, so it reads
+    its per-MAC config, the kernel and the initrd over TFTP. Each ``loader=shim`` MAC gets
+    its config (rewritten to local boot when its install calls back) and, when files are
+    appended, its own initrd; files that carry secrets are refused (TFTP has no per-MAC
+    access control)."""
+
+    def __init__(
+        self, tftp: Path, loc: _Location, machines: dict[str, Machine], state: BootState
+    ) -> None:
+        self.loc, self.state = loc, state
+        self.macs = [m for m, v in machines.items() if v.loader is Loader.SHIM]
+        self.cfg_dir = tftp / GRUB_PREFIX / "treeboot"
+        self.files = tftp / "treeboot"
+        self._entries: dict[str, BootEntry] = {}
+
+    def start(self, http_base: str) -> None:
+        self.cfg_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.files.mkdir(mode=0o755, exist_ok=True)
+        _public_copy(self.loc.kernel, self.files / "linux")
+        for mac in self.macs:
+            prof = self.loc.profile(mac, http_base)
+            if prof.secret:
+                raise UsageError(
+                    f"--machine {mac},loader=shim: its unattended file carries secrets, and"
+                    " the Secure Boot chain fetches the initrd over TFTP, open to any client",
+                    hint="use ssh-key= instead of a password file for this machine, or loader=ipxe",
+                )
+            initrd = "initrd"
+            if prof.inject:
+                initrd = f"initrd-{mac.replace(':', '-')}"
+                inject_files(self.loc.initrd, list(prof.inject), self.files / initrd)
+                (self.files / initrd).chmod(0o644)
+            elif not (self.files / initrd).exists():
+                _public_copy(self.loc.initrd, self.files / initrd)
+            self._entries[mac] = BootEntry(self.loc.label, "/treeboot/linux",
+                                           f"/treeboot/{initrd}", tuple(prof.cmdline))  # fmt: skip
+            self.write(mac)
+
+    def write(self, mac: str) -> None:
+        entry = self._entries.get(mac)
+        if entry is None:
+            return
+        done = load_status(self.state.path).get(mac, {}).get("state") == str(MachineState.DONE)
+        choice: BootEntry | LocalBoot = LocalBoot("install done") if done else entry
+        path = self.cfg_dir / f"{mac}.cfg"
+        path.write_text(grub.render_grub_cfg(choice))
+        path.chmod(0o644)
+
+
+def _public_copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    dst.chmod(0o644)
 
 
 def _shim_dir(locations: list[_Location], machines: dict[str, Machine], dest: Path) -> Path | None:

@@ -33,32 +33,24 @@ def quote_grub_cmdline(args: Sequence[str]) -> str:
     return " ".join(quote_grub_word(a) for a in args if a)
 
 
-def grub_http_path(base_url: str, path: str) -> str:
-    """``http://10.0.0.1:8067/`` + ``kernel`` -> ``(http,10.0.0.1:8067)/kernel``."""
-    hostport = base_url.split("://", 1)[1].split("/", 1)[0]
-    return f"(http,{hostport})/{path.lstrip('/')}"
+def render_grub_stub() -> str:
+    """The ``grub.cfg`` at GRUB's prefix on TFTP: go on with this MAC's own config.
+
+    Debian's signed GRUB has no ``http`` module (and loads no unsigned module under Secure
+    Boot), so its kernel, initrd and per-MAC config come over TFTP from the same server.
+    """
+    return "set timeout=0\nconfigfile $prefix/treeboot/${net_default_mac}.cfg\n"
 
 
-def render_grub_stub(base_url: str) -> str:
-    """The ``grub.cfg`` at GRUB's prefix on TFTP: fetch the per-MAC config over HTTP."""
-    return (
-        "set timeout=0\n"
-        "insmod http\n"
-        f"configfile {grub_http_path(base_url, 'grub/')}${{net_default_mac}}.cfg\n"
-    )
-
-
-def render_grub_cfg(choice: Choice, base_url: str) -> str:
-    """The per-MAC config: the installer's kernel and initrd over HTTP, or local boot."""
+def render_grub_cfg(choice: Choice) -> str:
+    """The per-MAC config: the installer (kernel/initrd paths on GRUB's root), or local boot."""
     if isinstance(choice, LocalBoot):
         return f"echo 'treeboot: local boot ({choice.reason})'\nexit\n"
-    kernel = grub_http_path(base_url, choice.kernel_url.split("/", 3)[3])
-    initrd = grub_http_path(base_url, choice.initrd_url.split("/", 3)[3])
     args = quote_grub_cmdline(choice.cmdline)
     return (
         "set timeout=0\n"
         f"menuentry {quote_grub_word(choice.label)} {{\n"
-        f"  linux {kernel} {args}\n"
-        f"  initrd {initrd}\n"
+        f"  linux {quote_grub_word(choice.kernel_url)} {args}\n"
+        f"  initrd {quote_grub_word(choice.initrd_url)}\n"
         "}\n"
     )

@@ -3,7 +3,6 @@
 Only these paths exist (no files by name, no listing, so no traversal or symlink escape):
 
 - ``/boot.ipxe`` (chains to itself with ``?mac=${net0/mac}``) and ``/boot.ipxe?mac=MAC``;
-- ``/grub/MAC.cfg`` for the Secure Boot chain's GRUB;
 - ``/eN/linux`` and ``/eN/initrd/MAC`` (the verified initrd, with that MAC's unattended files
   appended as a cpio archive, streamed, never written to disk) for menu entry N;
 - ``/done/MAC`` (or ``/done?mac=MAC``): the install's callback; that MAC boots locally next;
@@ -33,7 +32,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from treeboot.artifacts.cpio import InjectFile, iter_injected_parts
-from treeboot.boot.backends.pxe import grub, ipxe
+from treeboot.boot.backends.pxe import ipxe
 from treeboot.boot.backends.pxe.entry import BootEntry, LocalBoot
 from treeboot.boot.backends.pxe.machines import Loader, normalize_mac
 from treeboot.boot.backends.pxe.state import BootState, MachineState
@@ -244,6 +243,7 @@ class NetbootServer:
         loaders_dir: Path | None = None,
         menu: bool = False,
         on_access: Callable[[str, AccessRecord], None] | None = None,
+        on_done: Callable[[str], None] | None = None,
     ) -> None:
         if not entries:
             raise BootError("nothing to serve")
@@ -252,6 +252,7 @@ class NetbootServer:
         self.menu = menu
         self.loaders_dir = loaders_dir
         self._access = on_access
+        self._on_done = on_done
         self._lock = threading.Lock()
         self._per_client: dict[str, int] = {}
         self._conns: dict[Any, str] = {}
@@ -310,9 +311,6 @@ class NetbootServer:
                 if mac is None:
                     return _text(ipxe.render_ipxe_chain(base))
                 return _text(self._ipxe_script(mac, ip, base))
-            case ["grub", name] if name.endswith(".cfg"):
-                mac = _mac(name.removesuffix(".cfg"))
-                return _text(grub.render_grub_cfg(self._choose(mac, ip, base, 0), base))
             case ["done", m]:
                 return self._done(_mac(m), ip)
             case ["done"] if mac is not None:
@@ -324,7 +322,8 @@ class NetbootServer:
                 return self._initrd(entry, _mac(m), ip, base)
             case [name] if name in ("snponly.efi", "ipxe.efi") and self.loaders_dir:
                 path = self.loaders_dir / name
-                return _File(path, path.stat().st_size, None)
+                if path.is_file():
+                    return _File(path, path.stat().st_size, None)
         raise _HttpError(404, "not found")
 
     def _entry(self, name: str) -> NetbootEntry | None:
@@ -362,6 +361,8 @@ class NetbootServer:
 
     def _done(self, mac: str, ip: str) -> _Text:
         self.state.mark(mac, MachineState.DONE, ip)
+        if self._on_done is not None:
+            self._on_done(mac)
         return _text(f"treeboot: {mac} done; it boots from its disk from now on\n")
 
     # -- lifetime -----------------------------------------------------------------------
