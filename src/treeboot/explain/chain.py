@@ -432,7 +432,11 @@ def explain(req: ExplainRequest) -> Explanation:
 
     cmdline = join_cmdline(plan.cmdline)
     machine = plan.machine or plan.arch.machine()
-    firmware = handoff.firmware_file or (str(rules.blob(handoff.firmware_blob) or "") or None)
+    fw = firmware_info(plan.boot_firmware)  # the plan's own firmware file, else the rule's
+    fw_file = fw.code or fw.bios
+    firmware = (str(fw_file) if fw_file else handoff.firmware_file) or (
+        str(rules.blob(handoff.firmware_blob) or "") or None
+    )
     kernel_art, initrd_art = g.artifacts
     inputs = BootInputs(
         arch=plan.arch,
