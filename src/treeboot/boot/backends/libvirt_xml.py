@@ -126,6 +126,9 @@ def _libvirt_arch(arch: Architecture) -> str:
 
 def cpu_element(plan: BootPlan) -> ET.Element:
     model = plan.cpu or plan.arch.cpu(plan.accel)
+    if model is not None:
+        # QEMU -cpu properties (",pauth-impdef=on") have no libvirt spelling: the model alone.
+        model = model.split(",", 1)[0]
     if model == "host":
         return ET.Element("cpu", mode="host-passthrough", check="none")
     if model in (None, "max"):

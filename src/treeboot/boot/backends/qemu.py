@@ -125,6 +125,7 @@ def media_args(plan: BootPlan, phase: Phase) -> list[str]:
 
 
 def network_args(plan: BootPlan) -> list[str]:
+    # The installer fetches the rest of itself from the tree over this (restricted) network.
     net = plan.network
     if net.mode == "none" or not net.netdev_args:
         return []
@@ -158,9 +159,12 @@ def qmp_args(plan: BootPlan) -> list[str]:
 def device_args(plan: BootPlan) -> list[str]:
     args: list[str] = []
     panic = plan.arch.panic_device()
+    # pvpanic: a guest panic becomes a QMP event (exit code 10) instead of a hang until --wait.
     if panic:
         args += ["-device", panic]
     # Installers generate keys and seed TLS; without an RNG device they can stall on entropy.
+    # Neither device measured a cost under TCG (bench/time_to_installer.py: QEMU CPU to the
+    # Debian prompt 23.7-25.2 s without one vs 22.9-26.0 s with both, within the noise).
     args += ["-device", f"virtio-rng-{plan.arch.device_bus()}"]
     return args
 
