@@ -48,7 +48,6 @@ from treeboot.notices import notice
 
 log = logging.getLogger("treeboot.install")
 
-
 @dataclass
 class InstallResult:
     plan: BootPlan
