@@ -108,7 +108,9 @@ def run_canary(accel: Accel, *, timeout: float = PROBE_TIMEOUT) -> AccelChoice:
         return AccelChoice(Accel(accel), f"{accel} canary guest reached long mode", False, proc.pid)
     stage = _CANARY_STAGES.get(out, f"output {out!r}")
     what = "hung" if status is None else f"exited with status {status}"
-    return AccelChoice(Accel.TCG, f"{accel} canary guest {what} after {stage}", canary_pid=proc.pid)
+    return AccelChoice(
+        Accel.TCG, f"{accel} canary guest {what} after {stage}", canary_pid=proc.pid
+    )
 
 
 def choose_accel(

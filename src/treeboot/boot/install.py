@@ -49,7 +49,6 @@ from treeboot.prepare.bootform import PreparedForms
 
 log = logging.getLogger("treeboot.install")
 
-
 @dataclass
 class InstallResult:
     plan: BootPlan
