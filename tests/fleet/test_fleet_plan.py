@@ -100,7 +100,7 @@ def test_machine_keys_are_the_module_parameters() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     install = sub.choices["install"]
     cli = {o.lstrip("-").replace("-", "_") for a in install._actions for o in a.option_strings}
-    cli -= {"h", "help", "n", "dry_run", "json", "console"}
+    cli -= {"h", "help", "n", "c", "dry_run", "json", "console"}  # n, c: --name, --connect
     assert cli <= set(argspec), cli - set(argspec)
 
 

@@ -140,6 +140,18 @@ options:
       - Hypervisor URI (C(--connect)), for a treeboot whose install takes one (libvirt).
         With a treeboot that has no such option the task fails and says so.
     type: str
+  pool:
+    description: libvirt storage pool for the disk and the uploaded artifacts (C(--pool)).
+    type: str
+  boot:
+    description: Firmware family where the machine has several (C(--boot)).
+    type: str
+    choices: [bios, uefi, direct]
+  boot_form:
+    description: How the kernel enters the guest (C(--boot-form)); auto follows treeboot's rules.
+    type: str
+    choices: [auto, classic, fast]
+    default: auto
   home:
     description: treeboot's state directory on the target host (C(TREEBOOT_HOME)).
     type: path
@@ -237,7 +249,7 @@ FINISHED = ("installer-finished", "wait-for-matched", "powered-off")
 SAME_NAME = (
     "location", "name", "vcpus", "disk", "arch", "accel", "network", "wait", "wait_for",
     "no_reboot", "unattended_file", "trace_boot", "kernel", "initrd", "insecure",
-    "require_signature", "force",
+    "require_signature", "force", "pool", "boot", "boot_form",
 )  # fmt: skip
 PATHS = ("console_log", "keyring")
 SECRETS = (("admin_password", "admin-password-file"), ("user_password", "user-password-file"))
@@ -270,6 +282,9 @@ ARGUMENT_SPEC = dict(
     require_signature=dict(type="bool", default=False),
     keyring=dict(type="path"),
     connect=dict(type="str"),
+    pool=dict(type="str"),
+    boot=dict(type="str", choices=["bios", "uefi", "direct"]),
+    boot_form=dict(type="str", choices=["auto", "classic", "fast"], default="auto"),
     home=dict(type="path"),
     cache=dict(type="path"),
 )
