@@ -89,7 +89,7 @@ class Bench:
             "--name", name, *GUEST, "--location", self.url, "--graphics", "none",
             "--extra-args", "console=ttyS0", "--network", "none", "--disk", "none",
             "--osinfo", "detect=on,require=off",
-            "--serial", f"file,path=/var/log/libvirt/qemu/{log_name}",
+            "--serial", f"pty,log.file=/var/log/libvirt/qemu/{log_name}",  # as treeboot's
             "--noautoconsole", "--wait", "0",
         ]  # fmt: skip
         started = time.monotonic()
@@ -116,7 +116,7 @@ class Bench:
                     return time.monotonic() - started
             if time.monotonic() > next_check:
                 state = self.daemon.virsh("domstate", name, check=False).stdout.strip()
-                if state and state != "running":
+                if state != "running":  # "" when virt-install removed the failed domain
                     raise RuntimeError(f"virt-install's domain {name} is {state!r}")
                 next_check = time.monotonic() + 2
             time.sleep(0.02)
@@ -183,7 +183,7 @@ def main() -> int:
         work = Path(tmp)
         tree = build_debian_tree(work / "mirror")
         with contextlib.ExitStack() as stack:
-            daemon = stack.enter_context(private_libvirtd(work / "lv"))
+            daemon = stack.enter_context(private_libvirtd(work / "lv", share_boot_dir=True))
             port = stack.enter_context(serve(work / "mirror"))
             url = f"http://127.0.0.1:{port}/{tree.relative_to(work / 'mirror')}/"
             bench = Bench(work, url, daemon)

@@ -77,9 +77,13 @@ class Libvirtd:
         )  # fmt: skip
 
 
-def _script(root: Path) -> str:
+def _script(root: Path, share_boot_dir: bool) -> str:
     mounts = "\n".join(f"mkdir -p {dst}; mount --bind {root / src} {dst}"
                        for src, dst in _PRIVATE.items())  # fmt: skip
+    if share_boot_dir:  # virt-install (a "local" client) writes kernels to the host's dir
+        mounts = (f"mkdir -p /var/lib/libvirt/boot {root}/host-boot\n"
+                  f"mount --bind /var/lib/libvirt/boot {root}/host-boot\n{mounts}\n"
+                  f"mount --bind {root}/host-boot /var/lib/libvirt/boot")  # fmt: skip
     return f"""set -e
 mount --make-rprivate /
 if [ -e /dev/kvm ]; then mount --bind {root}/kvm-masked /dev/kvm; fi
@@ -150,13 +154,17 @@ def _kill(pid: int | None, name: str) -> None:
 
 
 @contextlib.contextmanager
-def private_libvirtd(root: Path) -> Iterator[Libvirtd]:
-    """Start libvirtd + virtlogd as described above; stop both (by PID) afterwards."""
+def private_libvirtd(root: Path, *, share_boot_dir: bool = False) -> Iterator[Libvirtd]:
+    """Start libvirtd + virtlogd as described above; stop both (by PID) afterwards.
+
+    ``share_boot_dir``: the daemon sees the host's /var/lib/libvirt/boot, where virt-install
+    on a local URI puts the kernels it downloads (the benchmark's peer)."""
     _prepare_root(root)
     logd: int | None = None
     lvd: int | None = None
     try:
-        subprocess.run(["unshare", "-m", "-n", "sh", "-c", _script(root)], check=True,
+        subprocess.run(["unshare", "-m", "-n", "sh", "-c", _script(root, share_boot_dir)],
+                       check=True,
                        timeout=60)  # fmt: skip
         logd = _read_pid(root / "run" / "virtlogd.pid", 30)
         lvd = _read_pid(root / "run" / "libvirtd.pid", 30)
@@ -164,6 +172,7 @@ def private_libvirtd(root: Path) -> Iterator[Libvirtd]:
         _wait_answers(daemon)
         yield daemon
     finally:
+        _kill_domains(root)  # libvirtd leaves running domains behind when it stops
         _kill(lvd, "libvirtd")
         _kill(logd, "virtlogd")
         _kill_children_of_namespace(root)
@@ -178,6 +187,15 @@ def _wait_answers(daemon: Libvirtd, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"libvirtd does not answer: {proc.stderr.strip()}")
         time.sleep(0.2)
+
+
+def _kill_domains(root: Path) -> None:
+    """QEMU processes of this daemon's domains: their PID files are in its private run dir."""
+    for pidfile in (root / "run" / "qemu").glob("*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            if "qemu-system" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _kill_children_of_namespace(root: Path) -> None:
