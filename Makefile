@@ -7,9 +7,10 @@ PYTHON  := $(VENV)/bin/python
 # `make run` boots Debian 12's netboot installer under QEMU: only what that needs.
 RUN_PKGS := qemu-system-x86 qemu-utils osinfo-db debian-installer-12-netboot-amd64 \
             gpgv debian-archive-keyring python3-venv util-linux
-# --connect: a real libvirtd (started by the tests, no systemd), virt-install to compare with,
+# --connect: a real libvirtd (started by the tests; -system for its libvirt-qemu user and
+# default config, though nothing here runs systemd), virt-install to compare with,
 # an sshd for qemu+ssh://, and what building libvirt-python (the `libvirt` extra) needs.
-LIBVIRT_PKGS := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils \
+LIBVIRT_PKGS := libvirt-daemon libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libxml2-utils \
             dnsmasq-base iproute2 virtinst openssh-server openssh-client netcat-openbsd \
             libvirt-dev pkg-config gcc python3-dev
 # `make test` also needs the other architectures, firmware, ISO and cpio tools, the peers the
