@@ -18,16 +18,14 @@ from _hostile_server import HostileServer
 from _signature_helpers import DebianTree, DirReader, TestKey, make_debian_tree, make_key
 from treeboot.errors import ChecksumMismatch, MetadataError, SignatureError
 from treeboot.model import Identification, Media, Verified
+from treeboot.trust.gpgv import _parse_status, verify_clearsigned, verify_detached
 from treeboot.trust.signature import (
     ChainResult,
     ReleaseRef,
-    _parse_status,
     find_release_path,
     parse_release,
     parse_sha256sums,
-    verify_clearsigned,
     verify_debian_chain,
-    verify_detached,
 )
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
