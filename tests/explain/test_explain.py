@@ -23,9 +23,10 @@ from treeboot.artifacts.kernel import predict_fw_cfg, read_kernel
 from treeboot.cli.main import main
 from treeboot.devtree import build_debian_tree
 from treeboot.errors import UsageError
-from treeboot.explain.chain import ExplainRequest, Explanation, explain, format_explanation
+from treeboot.explain.chain import ExplainRequest, Explanation, explain
 from treeboot.explain.handoff import BootInputs, load_handoff_rules, place
 from treeboot.explain.svg import render_svg
+from treeboot.explain.text import format_explanation
 
 DI = Path("/usr/lib/debian-installer/images/12")
 AMD64 = DI / "amd64/text/debian-installer/amd64"

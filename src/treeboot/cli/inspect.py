@@ -93,8 +93,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from treeboot.cli.output import notice
     from treeboot.cli.tree import warn_insecure
     from treeboot.errors import UsageError
-    from treeboot.explain.chain import ExplainRequest, explain, format_explanation
+    from treeboot.explain.chain import ExplainRequest, explain
     from treeboot.explain.svg import render_svg
+    from treeboot.explain.text import format_explanation
 
     request = ExplainRequest(
         location=args.location, kernel=args.kernel, initrd=args.initrd, arch=args.arch,

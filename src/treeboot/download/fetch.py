@@ -364,19 +364,9 @@ def fetch_file(
             return hit
         got = _download(loc, rel, key, cache, transfer, max_size, budget or _Budget())
         sha, size, nbytes, stat = got
-        source = cache.partial(key)[0]
-        if exp and sha != exp and stat and stat.encoding in GZIP_CODINGS:
-            decoded = gunzip_matching(source, exp, max_size)  # the checksum decides
-            if decoded is not None:
-                log.info("%s: the gzip-decoded body has the expected sha256", redact(loc.url + rel))
-                (source, size), sha = decoded, exp
-        if exp and sha != exp:
-            cache.discard_partial(key)
-            raise ChecksumMismatch(
-                f"{redact(loc.url + rel)}: sha256 is {sha}, but {origin} is {exp};"
-                " the download was discarded",
-                hint="the mirror may be syncing or tampered with: retry later or use another",
-            )
+        source, size, sha = _verified_body(
+            f"{loc.url}{rel}", key, cache, got, exp, origin=origin, max_size=max_size
+        )
         entry = IndexEntry(loc.url, rel, size, stat.validator if stat else None, sha, str(level))
         holds.hold(sha)
         with cache.shared():
@@ -384,6 +374,35 @@ def fetch_file(
             cache.record(entry)
             cache.discard_partial(key)
             return done(blob, False, nbytes)
+
+
+def _verified_body(
+    url: str,
+    key: str,
+    cache: Cache,
+    got: tuple[str, int, int, RemoteStat | None],
+    exp: str | None,
+    *,
+    origin: str,
+    max_size: int,
+) -> tuple[Path, int, str]:
+    """The downloaded file, its size and sha256, once it matches ``exp``: as received, or
+    gzip-decoded when the server encoded it unasked and the decoded bytes are the expected
+    ones (the checksum decides). A mismatch discards the download and raises."""
+    sha, size, _, stat = got
+    source = cache.partial(key)[0]
+    if exp and sha != exp and stat and stat.encoding in GZIP_CODINGS:
+        decoded = gunzip_matching(source, exp, max_size)
+        if decoded is not None:
+            log.info("%s: the gzip-decoded body has the expected sha256", redact(url))
+            (source, size), sha = decoded, exp
+    if exp and sha != exp:
+        cache.discard_partial(key)
+        raise ChecksumMismatch(
+            f"{redact(url)}: sha256 is {sha}, but {origin} is {exp}; the download was discarded",
+            hint="the mirror may be syncing or tampered with: retry later or use another",
+        )
+    return source, size, sha
 
 
 def _revalidate(loc: Location, rel: str, cache: Cache) -> IndexEntry | None:

@@ -6,6 +6,7 @@ JSON or SVG, from the per-arch facts in ``rules/handoff.toml``.
 May import: ``boot`` and everything below it.
 """
 
-from treeboot.explain.chain import ExplainRequest, Explanation, explain, format_explanation
+from treeboot.explain.chain import ExplainRequest, Explanation, explain
+from treeboot.explain.text import format_explanation
 
 __all__ = ["ExplainRequest", "Explanation", "explain", "format_explanation"]

@@ -76,7 +76,7 @@ def _text(
 
 
 def _size(n: int) -> str:
-    from treeboot.explain.chain import human_size
+    from treeboot.explain.text import human_size
 
     return human_size(n)
 
