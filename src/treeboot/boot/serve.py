@@ -15,11 +15,9 @@ connection only; the ``cmd:`` relay starts once per connection, so installers ca
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import io
 import json
 import logging
-import mimetypes
 import os
 import shlex
 import socket
@@ -28,11 +26,17 @@ import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
+from treeboot.boot._http import BytesResource as _Bytes
+from treeboot.boot._http import FileResource as _File
+from treeboot.boot._http import HttpError as _HttpError
+from treeboot.boot._http import RangeHandler
+from treeboot.boot._http import Resource as _Resource
+from treeboot.boot._http import split_path as _split_path
 from treeboot.errors import BootError, LocationError, TreebootError, UsageError
 from treeboot.prepare.cmdline import guest_iso_name
 
@@ -70,46 +74,7 @@ class AccessRecord:
     note: str | None = None  # why a request was refused
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, note: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(note)
-        self.status = status
-        self.note = note
-        self.headers = headers or {}
-
-
 # -- resources ------------------------------------------------------------------------------
-
-
-class _Resource(Protocol):
-    size: int
-    mtime: float | None
-
-    def send(
-        self, sock: socket.socket, wfile: io.BufferedIOBase, start: int, length: int
-    ) -> int: ...
-
-
-@dataclass
-class _File:
-    path: Path
-    size: int
-    mtime: float | None
-
-    def send(self, sock: socket.socket, wfile: io.BufferedIOBase, start: int, length: int) -> int:
-        with open(self.path, "rb") as f:
-            return sock.sendfile(f, start, length) if length else 0
-
-
-@dataclass
-class _Bytes:
-    data: bytes
-    size: int
-    mtime: float | None = None
-
-    def send(self, sock: socket.socket, wfile: io.BufferedIOBase, start: int, length: int) -> int:
-        wfile.write(self.data[start : start + length])
-        return length
 
 
 @dataclass
@@ -128,23 +93,6 @@ class _LocFile:
             wfile.write(data)
             sent += len(data)
         return sent
-
-
-def _split_path(target: str) -> list[str]:
-    """The request target as safe path components; _HttpError for anything suspicious."""
-    path = urllib.parse.urlsplit(target).path
-    if not path.startswith("/"):
-        raise _HttpError(400, "not an absolute path")
-    try:
-        rel = urllib.parse.unquote(path, errors="strict")
-    except UnicodeDecodeError as e:
-        raise _HttpError(400, "path is not UTF-8") from e
-    if any(ord(c) < 0x20 or c in "\\\x7f" for c in rel):
-        raise _HttpError(400, "control character or backslash in path")
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise _HttpError(400, "'..' in path")
-    return parts
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -169,8 +117,7 @@ class _Server(ThreadingHTTPServer):
         log.debug("guest server: connection error", exc_info=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(RangeHandler):
     server: _Server
     timeout = 300.0  # an idle keep-alive connection (and its relay process) goes away
 
@@ -203,82 +150,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.headers.get("Range"), round((time.monotonic() - t0) * 1000, 3), note,
         )  # fmt: skip
         self.server.owner._record(rec)
-
-    def _fail(self, e: _HttpError) -> None:
-        self._status = e.status
-        try:
-            body = f"{e.status} {e.note}\n".encode()
-            self.send_response(e.status)
-            for k, v in e.headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-        except OSError:
-            self.close_connection = True
-
-    def _send(self, res: _Resource, head: bool) -> None:
-        start, length = _parse_range(self.headers, res)
-        partial = length != res.size or start != 0
-        self._status = 206 if partial else 200
-        self.send_response(self._status)
-        ctype = mimetypes.guess_type(self.path.split("?", 1)[0])[0] or "application/octet-stream"
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(length))
-        self.send_header("Accept-Ranges", "bytes")
-        if res.mtime is not None:
-            self.send_header("Last-Modified", _http_date(res.mtime))
-        if partial:
-            self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{res.size}")
-        self.end_headers()
-        if not head:
-            self._sent = res.send(self.connection, self.wfile, start, length)
-
-
-def _http_date(t: float) -> str:
-    return email.utils.formatdate(t, usegmt=True)
-
-
-def _parse_range(headers: Any, res: _Resource) -> tuple[int, int]:
-    """(start, length) to send: the whole file unless one satisfiable byte range is asked.
-
-    Several ranges, or an If-Range that does not match, get the whole file (RFC 9110 allows
-    ignoring Range). An unsatisfiable range raises a 416.
-    """
-    size = res.size
-    value = headers.get("Range")
-    if not value or "," in value or not value.strip().startswith("bytes="):
-        return 0, size
-    if_range = headers.get("If-Range")
-    if if_range and (res.mtime is None or if_range != _http_date(res.mtime)):
-        return 0, size
-    first, sep, last = value.strip()[6:].strip().partition("-")
-    try:
-        if not sep:
-            return 0, size
-        if not first:  # suffix: the last N bytes
-            n = int(last)
-            start = max(0, size - n)
-            end = size - 1
-            if n <= 0:
-                raise _unsatisfiable(value, size)
-        else:
-            start, end = int(first), int(last) if last else size - 1
-            if start < 0 or (last and end < start):
-                return 0, size  # syntactically invalid: ignore
-    except ValueError:
-        return 0, size
-    if start >= size:
-        raise _unsatisfiable(value, size)
-    end = min(end, size - 1)
-    return start, end - start + 1
-
-
-def _unsatisfiable(value: str, size: int) -> _HttpError:
-    return _HttpError(416, f"range {value!r} not satisfiable", {"Content-Range": f"bytes */{size}"})
-
 
 def _open_source(
     source: Path | str | TreeSource,

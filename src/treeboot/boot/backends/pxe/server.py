@@ -26,17 +26,22 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from treeboot.artifacts.cpio import InjectFile, iter_injected_parts
+from treeboot.boot._http import BytesResource as _Bytes
+from treeboot.boot._http import FileResource as _File
+from treeboot.boot._http import HttpError as _HttpError
+from treeboot.boot._http import RangeHandler
+from treeboot.boot._http import split_path as _split_path
 from treeboot.boot.backends.pxe import ipxe
 from treeboot.boot.backends.pxe.entry import BootEntry, LocalBoot
 from treeboot.boot.backends.pxe.machines import Loader, normalize_mac
 from treeboot.boot.backends.pxe.state import BootState, MachineState
-from treeboot.boot.serve import AccessRecord, _Bytes, _File, _HttpError, _parse_range, _split_path
+from treeboot.boot.serve import AccessRecord
 from treeboot.errors import BootError, TreebootError
 
 PER_CLIENT_CONNECTIONS = 8
@@ -130,9 +135,13 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(RangeHandler):
+    send_last_modified = False
     server: _Server
+
+    def _content_type(self, res: Any) -> str:
+        return str(getattr(res, "ctype", "application/octet-stream"))
+
     timeout = IDLE_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -184,36 +193,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not _HOST.match(host):
             host = self.server.owner.default_host
         return f"http://{host}/"
-
-    def _fail(self, e: _HttpError) -> None:
-        self._status = e.status
-        body = f"{e.status} {e.note}\n".encode()
-        try:
-            self.send_response(e.status)
-            for k, v in e.headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-        except OSError:
-            self.close_connection = True
-
-    def _send(self, res: Any, head: bool) -> None:
-        start, length = _parse_range(self.headers, res)
-        partial = length != res.size or start != 0
-        self._status = 206 if partial else 200
-        self.send_response(self._status)
-        self.send_header("Content-Type", getattr(res, "ctype", "application/octet-stream"))
-        self.send_header("Content-Length", str(length))
-        self.send_header("Accept-Ranges", "bytes")
-        if partial:
-            self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{res.size}")
-        self.end_headers()
-        if not head:
-            self._sent = res.send(self.connection, self.wfile, start, length)
-
 
 @dataclass
 class _Text(_Bytes):
