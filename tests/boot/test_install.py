@@ -48,8 +48,14 @@ def _normalize(argv: list[str], url: str) -> list[str]:
 
 @needs_di
 def test_dry_run_prints_the_exact_command_and_starts_nothing(
-    tree_url: str, capsys: pytest.CaptureFixture[str]
+    tree_url: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A cache of its own: a dry run derives no boot form but shows one already derived, so in
+    # the suite's shared cache the argv would depend on which tests ran before.
+    monkeypatch.setenv("TREEBOOT_CACHE", str(tmp_path / "cache"))
     rc = main(["install", tree_url, "--name", "dry", "--accel", "tcg", "--disk", "size=4",
                "--dry-run", "--json"])  # fmt: skip
     out = json.loads(capsys.readouterr().out)
