@@ -74,6 +74,7 @@ class Machine:
     panic: str
     firmware: tuple[Firmware, ...]
     max_vcpus: int = 0  # 0: no limit of its own
+    tcg_kernel_args: tuple[str, ...] = ()  # added to the kernel command line under TCG
 
 
 class Architecture(StrEnum):
@@ -179,7 +180,14 @@ def load_machines() -> tuple[dict[str, Machine], dict[Firmware, FirmwareInfo]]:
     data = tomllib.loads(text)
     firmware = {Firmware(k): _firmware(Firmware(k), v) for k, v in data["firmware"].items()}
     machines = {
-        arch: Machine(arch=arch, **{**row, "firmware": tuple(Firmware(f) for f in row["firmware"])})
+        arch: Machine(
+            arch=arch,
+            **{
+                **row,
+                "firmware": tuple(Firmware(f) for f in row["firmware"]),
+                "tcg_kernel_args": tuple(row.get("tcg_kernel_args", ())),
+            },
+        )
         for arch, row in data["arch"].items()
     }
     return machines, firmware

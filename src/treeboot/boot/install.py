@@ -127,8 +127,9 @@ def install(
         payload = prep.unattended_payload(request, ident)
         cdrom = prep.install_medium(ident)
         cmdline = prep.kernel_cmdline(
-            request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
-        )
+            request, ident, arch, repo_url, payload, kernel,
+            medium_attached=cdrom is not None, accel=accel.accel,
+        )  # fmt: skip
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
         firmware, nvram = prep.boot_firmware(request, arch, paths, dry_run=dry_run)
         plan = replace(plan, cdrom=cdrom, firmware=firmware, nvram=nvram)
@@ -178,8 +179,9 @@ def _install_libvirt(
         payload = prep.unattended_payload(request, ident)
         cdrom = prep.install_medium(ident)
         cmdline = prep.kernel_cmdline(
-            request, ident, arch, repo_url, payload, kernel, medium_attached=cdrom is not None
-        )
+            request, ident, arch, repo_url, payload, kernel,
+            medium_attached=cdrom is not None, accel=accel.accel,
+        )  # fmt: skip
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
         plan = replace(plan, cdrom=cdrom)
         try:

@@ -404,15 +404,19 @@ def kernel_cmdline(
     kernel: Path,
     *,
     medium_attached: bool,
+    accel: str | None = None,
 ) -> list[str]:
+    """The installer's kernel arguments; ``accel`` adds the arch's arguments for emulation
+    (``tcg_kernel_args`` in rules/machines.toml) before the user's own ``--extra-args``."""
     from treeboot.prepare.cmdline import build_cmdline, check_cmdline
 
+    emulated = list(arch.facts().tcg_kernel_args) if accel == "tcg" else []
     args = build_cmdline(
         ident,
         arch=str(arch),
         repo_url=repo_url,
         console=arch.default_console(),
-        extra_args=list(request.extra_args),
+        extra_args=[*emulated, *request.extra_args],
         unattended_args=payload.kernel_args,
         medium_attached=medium_attached,
     )
