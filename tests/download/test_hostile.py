@@ -23,7 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from _hostile_helpers import INITRD, KERNEL, assert_clean_cache, blobs, treeinfo, write_tree
+from _hostile_helpers import (
+    INITRD,
+    KERNEL,
+    assert_clean_cache,
+    blobs,
+    hostile_server,
+    treeinfo,
+    write_tree,
+)
 from _hostile_server import HostileServer, make_tls_context, start_ftp
 from treeboot.errors import ChecksumMismatch, TreebootError
 from treeboot.model import Identification, Media
@@ -76,11 +84,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 
 @pytest.fixture(scope="module")
 def server(tree: Tree) -> Iterator[HostileServer]:
-    srv = HostileServer(tree.root).start()
-    try:
+    with hostile_server(tree.root) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture

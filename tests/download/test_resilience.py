@@ -24,7 +24,7 @@ from test_hostile import (
 )
 
 import _hostile_more  # noqa: F401 - registers the modes
-from _hostile_helpers import KERNEL, assert_clean_cache, treeinfo, write_tree
+from _hostile_helpers import KERNEL, assert_clean_cache, hostile_server, treeinfo, write_tree
 from _hostile_server import HostileServer
 from treeboot.errors import ChecksumMismatch, TreebootError
 
@@ -41,11 +41,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 
 @pytest.fixture(scope="module")
 def server(tree: Tree) -> Iterator[HostileServer]:
-    srv = HostileServer(tree.root).start()
-    try:
+    with hostile_server(tree.root) as srv:
         yield srv
-    finally:
-        srv.close()
 
 
 @pytest.fixture
