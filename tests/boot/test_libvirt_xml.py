@@ -74,6 +74,19 @@ CASES: dict[str, tuple[BootPlan, Phase, DomainFacts]] = {
         DomainFacts(),
     ),
     "aarch64-install": (_plan("arm", Architecture.AARCH64), Phase.INSTALL, DomainFacts()),
+    # An x86-64-v2 release under TCG (prepare/cpumodel.py): +features become <feature require>.
+    "x86_64-v2-cpu": (
+        _plan(
+            "rhel",
+            Architecture.X86_64,
+            os="rhel9.4",
+            disk=None,
+            network=NetworkPlan("none"),
+            cpu="qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16",
+        ),
+        Phase.INSTALL,
+        DomainFacts(),
+    ),
     "s390x-install": (_plan("z", Architecture.S390X), Phase.INSTALL, DomainFacts()),
 }
 

@@ -46,6 +46,7 @@ from treeboot.errors import BootError, UsageError
 from treeboot.model import FetchResult, Identification
 from treeboot.notices import notice
 from treeboot.prepare.bootform import PreparedForms
+from treeboot.prepare.cpumodel import choose_cpu
 
 log = logging.getLogger("treeboot.install")
 
@@ -276,6 +277,7 @@ def _plan(
     network: NetworkPlan,
 ) -> BootPlan:
     memory, vcpus = prep.resources(request, ident, arch)
+    cpu = choose_cpu(arch, str(accel.accel), ident.os, request.cpu)
     if request.trace_boot:
         paths = replace(paths, trace_file=paths.state_dir / "fw_cfg.trace")
     return BootPlan(
@@ -284,6 +286,8 @@ def _plan(
         accel=str(accel.accel),
         memory_mib=memory,
         vcpus=vcpus,
+        cpu=cpu.model,
+        cpu_reason=cpu.reason,
         paths=paths,
         kernel=kernel,
         initrd=initrd,
@@ -328,6 +332,7 @@ def describe(result: InstallResult) -> str:
         f"os:        {ident.name or ident.os or 'unknown'} ({ident.installer or 'installer?'})",
         f"arch:      {p.arch}   accel: {p.accel} ({result.accel.reason})",
         f"machine:   {p.machine or p.arch.machine()}, {p.vcpus} vCPUs, {p.memory_mib} MiB",
+        f"cpu:       {p.cpu or p.arch.cpu(p.accel) or 'QEMU default'} ({p.cpu_reason})",
         f"boot form: {p.boot_form} ({result.boot_form.choice.reason if result.boot_form else ''})",
         f"hand-off:  {result.boot_form.choice.handoff if result.boot_form else ''}",
         f"kernel:    {p.kernel}",

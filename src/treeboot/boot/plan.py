@@ -86,6 +86,7 @@ class BootPlan:
     seed_iso: Path | None = None  # CIDATA volume with the unattended file (install phase)
     machine: str | None = None  # None: arch.machine()
     cpu: str | None = None  # None: arch.cpu(accel)
+    cpu_reason: str = ""  # why this model (prepare/cpumodel.py), for --dry-run and explain
     # The firmware both phases run (the installer and the installed system must see the same
     # one). Never None after construction: None means the arch's default firmware.
     firmware: Firmware | None = None

@@ -48,6 +48,7 @@ class InstallRequest:
     name: str
     memory_mib: int | None = None
     vcpus: int | None = None
+    cpu: str | None = None  # --cpu MODEL (None: the cheapest model for the release)
     disk: str | None = None  # --disk spec: "size=GiB", "path=FILE[,size=GiB]", "none"
     arch: str | None = None
     accel: str = "auto"

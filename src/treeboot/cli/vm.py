@@ -38,6 +38,9 @@ def _register_install(sub: Any) -> None:
     p.add_argument("--name", "-n", required=True, help="VM name (its state directory)")
     p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: osinfo-db's)")
     p.add_argument("--vcpus", type=int, metavar="N", help="virtual CPUs (default: 2)")
+    p.add_argument("--cpu", metavar="MODEL",
+                   help="QEMU CPU model (default: host under KVM; under TCG the cheapest model"
+                   " the release needs, see rules/cpu_models.toml)")  # fmt: skip
     p.add_argument("--disk", metavar="SPEC",
                    help="size=GiB | path=FILE[,size=GiB][,format=raw|qcow2] | none (an existing"
                    " FILE is raw unless format= says otherwise: formats are never probed)")
@@ -105,6 +108,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         name=args.name,
         memory_mib=args.memory,
         vcpus=args.vcpus,
+        cpu=args.cpu,
         disk=args.disk,
         arch=args.arch,
         accel=args.accel,

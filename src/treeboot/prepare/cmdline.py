@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from treeboot.detect.iso import udev_label
 from treeboot.detect.rules import load_rule_table
 from treeboot.errors import BootError, MetadataError, UsageError
 from treeboot.model import Identification, Media
@@ -208,7 +207,12 @@ def placeholder_values(ident: Identification, repo_url: str | None) -> dict[str,
     """The values of the installers.toml placeholders (None: unknown)."""
     vid = volume_id(ident)
     values: dict[str, str | None] = dict.fromkeys(PLACEHOLDERS)
-    values["volid"] = udev_label(vid) if vid else None
+    if vid:
+        # Only media with a volume id need the ISO stack (pycdlib and the volume-id rules):
+        # a tree install does not pay for importing it, on the path to QEMU's start.
+        from treeboot.detect.iso import udev_label
+
+        values["volid"] = udev_label(vid)
     values["flavor"] = _flavor(ident.kernel)
     if not repo_url:
         return values

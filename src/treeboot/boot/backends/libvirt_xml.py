@@ -125,16 +125,20 @@ def _libvirt_arch(arch: Architecture) -> str:
 
 
 def cpu_element(plan: BootPlan) -> ET.Element:
-    model = plan.cpu or plan.arch.cpu(plan.accel)
-    if model is not None:
-        # QEMU -cpu properties (",pauth-impdef=on") have no libvirt spelling: the model alone.
-        model = model.split(",", 1)[0]
+    """QEMU's ``-cpu MODEL,+feat,-feat,prop=v`` in libvirt's words: the model, its ``+``/``-``
+    features as required/disabled; other properties (``pauth-impdef=on``) have no libvirt
+    spelling and are left out."""
+    model, *props = (plan.cpu or plan.arch.cpu(plan.accel) or "").split(",")
     if model == "host":
         return ET.Element("cpu", mode="host-passthrough", check="none")
-    if model in (None, "max"):
+    if model in ("", "max"):
         return ET.Element("cpu", mode="maximum", check="none")
     cpu = ET.Element("cpu", mode="custom", match="exact", check="none")
     _text(cpu, "model", model.upper() if model.startswith("power") else model, fallback="allow")
+    for prop in props:
+        if prop[:1] in "+-" and len(prop) > 1:
+            policy = "require" if prop[0] == "+" else "disable"
+            cpu.append(ET.Element("feature", policy=policy, name=prop[1:]))
     return cpu
 
 

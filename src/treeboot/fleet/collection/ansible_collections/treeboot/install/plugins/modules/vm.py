@@ -47,6 +47,10 @@ options:
   vcpus:
     description: Virtual CPUs (default 2).
     type: int
+  cpu:
+    description: QEMU CPU model (default host under KVM; under TCG the cheapest model that
+      runs the release).
+    type: str
   disk:
     description: C(size=GiB), C(path=FILE[,size=GiB]) or C(none).
     type: str
@@ -247,7 +251,7 @@ else:
 FINISHED = ("installer-finished", "wait-for-matched", "powered-off")
 # Module options that InstallRequest takes under the same name.
 SAME_NAME = (
-    "location", "name", "vcpus", "disk", "arch", "accel", "network", "wait", "wait_for",
+    "location", "name", "vcpus", "cpu", "disk", "arch", "accel", "network", "wait", "wait_for",
     "no_reboot", "unattended_file", "trace_boot", "kernel", "initrd", "insecure",
     "require_signature", "force", "pool", "boot", "boot_form",
 )  # fmt: skip
@@ -259,6 +263,7 @@ ARGUMENT_SPEC = dict(
     location=dict(type="str", required=True),
     memory=dict(type="int"),
     vcpus=dict(type="int"),
+    cpu=dict(type="str"),
     disk=dict(type="str"),
     force=dict(type="bool", default=False),
     arch=dict(type="str"),
