@@ -14,6 +14,7 @@ The plan is the same BootPlan; what changes is who opens the files and where the
   where ``--wait-for`` and panic detection read it, exactly as on QEMU; virtlogd also keeps a
   log on the hypervisor (``<log file=...>``). ``--console attach`` also sends the keyboard
   into that stream (``_domain_watch.py``).
+- ``--wait 0``: a detached watcher (``libvirt_watch.py``) runs both phases, as on QEMU.
 """
 
 from __future__ import annotations
@@ -36,13 +37,17 @@ from treeboot.boot.backends.libvirt import Hypervisor, Volume
 from treeboot.boot.backends.libvirt_xml import DomainFacts, render_domain_xml
 from treeboot.boot.plan import BootPlan, ConsoleMode, DiskPlan, NetworkPlan, Phase
 from treeboot.boot.request import InstallRequest, NetworkRequest
-from treeboot.boot.vm import write_status
+from treeboot.boot.vm import start_background_watcher, write_status
 from treeboot.boot.watch import Outcome, PhaseResult, RunResult, WatchOptions
 from treeboot.errors import UsageError
 from treeboot.model import Identification
 from treeboot.notices import notice
 
 log = logging.getLogger("treeboot.boot.libvirt")
+
+_WATCHER = "treeboot.boot.libvirt_watch"  # python -m ...: the background watcher (--wait 0)
+_WATCHER_START = 300.0  # seconds for it to upload the artifacts and start the domain
+
 
 @contextlib.contextmanager
 def connect(uri: str) -> Iterator[Hypervisor]:
@@ -107,6 +112,13 @@ def guest_network(
             f"--network bridge={net.source}: treeboot cannot tell which address the guest"
             f" reaches this host at, to serve {ident.location}",
             hint="use --network network=NAME, or pass a URL the guest can reach",
+        )
+    if request.wait == 0:
+        raise UsageError(
+            f"--wait 0 with --connect: {ident.location} would be served to the guest by this"
+            " treeboot process, which returns at once",
+            hint="serve the tree over HTTP where the guest can reach it and pass its URL, or"
+            " drop --wait 0",
         )
     host = hv.network_address(net.source or "")
     if dry_run:
@@ -182,23 +194,60 @@ def _signals_raise() -> Iterator[None]:
 def run(
     hv: Hypervisor, plan: BootPlan, request: InstallRequest, out: IO[bytes] | None
 ) -> RunResult:
+    """Both phases in the foreground; with ``--wait 0`` a detached watcher runs them."""
+    if request.wait == 0:
+        return _run_in_background(plan)
     opts = WatchOptions(ConsoleMode(request.console), request.wait, request.wait_for)
+    return run_phases(hv, plan, opts, out, pool=request.pool)
+
+
+def run_phases(
+    hv: Hypervisor,
+    plan: BootPlan,
+    opts: WatchOptions,
+    out: IO[bytes] | None,
+    *,
+    pool: str | None,
+    watch_firstboot: bool | None = None,
+) -> RunResult:
+    """Phase 1 until it ends, then phase 2; status.json says where it stands.
+
+    Phase 2 is watched until it ends when ``watch_firstboot`` (the background watcher), or by
+    default when the user watches (``--console attach``, ``--wait``, ``--wait-for``);
+    otherwise it is defined, started and left to libvirt."""
     deadline = None if opts.wait is None else time.monotonic() + opts.wait
     phases: list[PhaseResult] = []
     uuid = hv.new_uuid(plan.name)
+    if watch_firstboot is None:
+        watch_firstboot = bool(
+            opts.console is ConsoleMode.ATTACH or opts.wait is not None or opts.wait_for
+        )
     with _signals_raise():
         try:
-            phases.append(_install_phase(hv, plan, opts, deadline, out, uuid, request.pool))
+            phases.append(_install_phase(hv, plan, opts, deadline, out, uuid, pool))
         except _Signalled as e:
             outcome = Outcome.INTERRUPTED if e.signum == signal.SIGINT else Outcome.TERMINATED
             phases.append(PhaseResult(Phase.INSTALL, outcome, str(e), []))
         if _wants_firstboot(plan, phases[-1]):
-            phases.append(_firstboot(hv, plan, opts, deadline, out, uuid))
+            phases.append(_firstboot(hv, plan, opts, deadline, out, uuid, watch=watch_firstboot))
     last = phases[-1]
     if last.outcome is not Outcome.BACKGROUND:
         write_status(plan.paths, state="stopped", outcome=str(last.outcome), detail=last.detail)
     matched = any(p.outcome is Outcome.MATCHED for p in phases)
     return RunResult(last.outcome, phases, matched)
+
+
+def _run_in_background(plan: BootPlan) -> RunResult:
+    """``--wait 0``: as on QEMU, a detached watcher (``python -m treeboot.boot.libvirt_watch``)
+    uploads, starts phase 1, waits for it to end, runs phase 2 and records the outcome in
+    status.json; this returns once phase 1 runs. ``treeboot stop NAME`` ends both."""
+    start_background_watcher(plan.paths.state_dir, phase=str(Phase.INSTALL), module=_WATCHER,
+                             timeout=_WATCHER_START)  # fmt: skip
+    then = "boots the installed disk when the installer ends"
+    if plan.no_reboot or plan.disk is None:
+        then = "waits for the installer to end"
+    phase = PhaseResult(Phase.INSTALL, Outcome.BACKGROUND, f"started; a watcher {then}", [])
+    return RunResult(Outcome.BACKGROUND, [phase])
 
 
 def _wants_firstboot(plan: BootPlan, result: PhaseResult) -> bool:
@@ -236,8 +285,6 @@ def _install_phase(
                 for vol in [v for v in uploads if v.name.endswith(("-kernel", "-initrd"))]:
                     hv.delete_volume(vol)
                 write_status(plan.paths, state="running", phase=str(Phase.INSTALL), domain=uuid)
-                if opts.wait == 0:
-                    return PhaseResult(Phase.INSTALL, Outcome.BACKGROUND, "started", [])
                 outcome, detail = watch.wait(dom)
             except BaseException:  # Ctrl-C, SIGTERM, a lost connection: nothing keeps running
                 watch.destroy(dom)
@@ -283,19 +330,20 @@ def _firstboot(
     deadline: float | None,
     out: IO[bytes] | None,
     uuid: str,
+    *,
+    watch: bool,
 ) -> PhaseResult:
     """Phase 2: the final XML boots the disk and is made persistent, as virt-install does."""
     xml = render_domain_xml(plan, Phase.FIRSTBOOT, _facts(hv, plan, uuid))
     (plan.paths.state_dir / "firstboot.xml").write_text(xml)
     try:
-        with DomainWatch(hv, plan, opts, deadline, out) as watch:
+        with DomainWatch(hv, plan, opts, deadline, out) as watcher:
             dom = hv.conn.defineXML(xml)
             dom.create()
             write_status(plan.paths, state="running", phase=str(Phase.FIRSTBOOT))
-            watched = opts.console is ConsoleMode.ATTACH or opts.wait is not None or opts.wait_for
-            if not watched:
+            if not watch:
                 return PhaseResult(Phase.FIRSTBOOT, Outcome.BACKGROUND, "defined and started", [])
-            outcome, detail = watch.wait(dom)
+            outcome, detail = watcher.wait(dom)
     except hv.lv.libvirtError as e:
         return PhaseResult(Phase.FIRSTBOOT, Outcome.QEMU_FAILED, e.get_error_message(), [])
     except _Signalled as e:
