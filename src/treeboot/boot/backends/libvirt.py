@@ -25,7 +25,9 @@ from typing import Any
 
 from treeboot.errors import BootError, MissingToolError
 
-CHUNK = 1024 * 1024  # bytes per stream send: >= 1 MiB keeps the per-call overhead negligible
+# Bytes per stream send: 1 MiB measured fastest (bench/libvirt_install.py: 4 MiB no faster,
+# 8 MiB slower than virsh vol-upload); fewer would mean more calls for nothing.
+CHUNK = 1024 * 1024
 BOOT_POOL = "treeboot-boot"
 _SYSTEM_BOOT_DIR = "/var/lib/libvirt/boot/treeboot"
 
@@ -459,8 +461,8 @@ def destroy_domain(uri: str, name: str) -> bool:
 
 
 def _send_all(stream: Any, data: bytes) -> None:
-    """A blocking stream takes all of ``data`` in one send (libvirt splits it into its own
-    packets), so the loop runs once and nothing is copied."""
+    """A blocking stream takes all of ``data`` in one send, so the loop runs once and
+    nothing is copied."""
     while data:
         sent = stream.send(data)
         if sent < 0:  # -2: would block (only on non-blocking streams)
