@@ -293,7 +293,8 @@ def start_background_watcher(
     _end_watcher(proc)
     raise BootError(
         f"the background VM did not start (phase {phase})" + (f":\n{tail}" if tail else ""),
-        hint=f"see {state_dir / 'qemu.log'} and {state_dir / 'watcher.log'}",
+        hint=f"see {state_dir / 'watcher.log'}"
+        + ("" if module.endswith("libvirt_watch") else f" and {state_dir / 'qemu.log'}"),
     )
 
 
