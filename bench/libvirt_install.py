@@ -1,6 +1,7 @@
 """``treeboot install --connect`` against virt-install, on the same private libvirtd.
 
-    .venv/bin/python bench/libvirt_install.py [--runs 3] [--upload-runs 5] [--json]    (as root)
+    .venv/bin/python bench/libvirt_install.py [--runs 3] [--upload-runs 15] [--chunks 1,4,8]
+                                              [--upload-only] [--json]              (as root)
 
 1. Time to installer: seconds from command start to the Debian 12 netboot installer's
    "Select a language", for
@@ -13,9 +14,18 @@
    Both guests: q35, 2 vCPUs, no video, TCG. The prompt is found by polling each one's serial
    log every 20 ms (treeboot's local console log, fed by the console stream; virt-install's
    serial file).
-2. Upload: the 41 MB Debian initrd into a volume, through the API as treeboot does it
-   (``Hypervisor.upload``: create the volume, stream in 1 MiB sends) against
-   ``virsh vol-upload`` of the same file into a volume created beforehand (not timed).
+2. Upload: the 41 MB Debian initrd into a volume. Both sides do the same thing: the volume
+   is created beforehand (not timed) and the timed part is everything from having no
+   connection to the bytes being in the volume:
+   - treeboot's API path: open a connection, look the volume up, ``Hypervisor.upload_into``
+     (``vol.upload`` on a stream, one ``send`` per chunk read from the file; libvirt cuts a
+     send into its own stream packets), close; once per chunk size in ``--chunks`` (MiB);
+   - ``virsh vol-upload`` of the same file into such a volume (its process start included:
+     it is what the command costs).
+   For the streaming alone, the API's stream part is also timed on its own
+   (``stream-api-*``), and ``virsh vol-info`` on such a volume (start, connect, lookup, no
+   bytes) estimates virsh's fixed cost: its stream part is vol-upload minus vol-info.
+   The default pool of the daemon (treeboot-boot) holds the volumes.
 
 Runs are interleaved with a rotating order; min and median per contender and the ratios are
 printed. The libvirtd is the tests' private one (tests/_libvirt_helpers.py): its own mount and
@@ -46,7 +56,7 @@ import time_to_installer  # noqa: E402
 from time_to_installer import PROMPT, serve, stop, wait_for_prompt  # noqa: E402
 
 from _libvirt_helpers import Libvirtd, private_libvirtd  # noqa: E402
-from treeboot.boot.backends.libvirt import Hypervisor  # noqa: E402
+from treeboot.boot.backends.libvirt import Hypervisor, Volume  # noqa: E402
 from treeboot.devtree import build_debian_tree  # noqa: E402
 
 INITRD = Path("/usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64/initrd.gz")
@@ -56,6 +66,8 @@ GUEST = ["--memory", "1024", "--vcpus", "2"]
 class Bench:
     def __init__(self, work: Path, url: str, daemon: Libvirtd) -> None:
         self.work, self.url, self.daemon = work, url, daemon
+        self.pool = self.prepare_pool()
+        self.streaming: dict[str, list[float]] = {}  # the stream part of each API upload
         self.env = dict(os.environ, TREEBOOT_HOME=str(work / "home"),
                         TREEBOOT_CACHE=str(work / "cache"),
                         PYTHONPATH=str(ROOT / "src"))  # fmt: skip
@@ -122,29 +134,64 @@ class Bench:
             time.sleep(0.02)
         raise RuntimeError(f"no prompt in {log} within {time_to_installer.LIMIT} s")
 
-    def upload_api(self, index: int) -> float:
+    def prepare_pool(self) -> str:
+        """The pool both uploads use (treeboot defines treeboot-boot on a bare daemon)."""
         hv = Hypervisor(self.daemon.uri)
         try:
-            pool = hv.find_pool(None)
-            started = time.monotonic()
-            vol = hv.upload(pool, INITRD, f"bench-api-{index}")
-            seconds = time.monotonic() - started
-            hv.delete_volume(vol)
-            return seconds
+            return str(hv.find_pool(None).name())
         finally:
             hv.close()
 
-    def upload_virsh(self, index: int) -> float:
-        name = f"bench-virsh-{index}"
-        pool = "treeboot-boot"
-        self.daemon.virsh("vol-create-as", pool, name, str(INITRD.stat().st_size),
-                          "--format", "raw")  # fmt: skip
+    def _volume(self, name: str) -> None:
+        hv = Hypervisor(self.daemon.uri)
+        try:
+            pool = hv.conn.storagePoolLookupByName(self.pool)
+            hv.create_volume(pool, name, INITRD.stat().st_size, replace=True)
+        finally:
+            hv.close()
+
+    def upload_api(self, chunk_mib: int) -> Callable[[int], float]:
+        def run(index: int) -> float:
+            name = f"bench-api-{chunk_mib}m-{index}"
+            self._volume(name)
+            try:
+                started = time.monotonic()
+                hv = Hypervisor(self.daemon.uri)
+                try:
+                    handle = hv.conn.storagePoolLookupByName(self.pool).storageVolLookupByName(name)
+                    vol = Volume(self.pool, name, handle.path(), handle)
+                    streaming = time.monotonic()
+                    hv.upload_into(vol, INITRD, chunk=chunk_mib << 20)
+                    self.streaming.setdefault(f"stream-api-{chunk_mib}M", []).append(
+                        time.monotonic() - streaming)  # fmt: skip
+                finally:
+                    hv.close()
+                return time.monotonic() - started
+            finally:
+                self.daemon.virsh("vol-delete", "--pool", self.pool, name, check=False)
+
+        return run
+
+    def virsh_no_upload(self, index: int) -> float:
+        """virsh's fixed cost (start, connect, look the volume up) without a byte sent."""
+        name = f"bench-info-{index}"
+        self._volume(name)
         try:
             started = time.monotonic()
-            self.daemon.virsh("vol-upload", "--pool", pool, name, str(INITRD))
+            self.daemon.virsh("vol-info", "--pool", self.pool, name)
             return time.monotonic() - started
         finally:
-            self.daemon.virsh("vol-delete", "--pool", pool, name, check=False)
+            self.daemon.virsh("vol-delete", "--pool", self.pool, name, check=False)
+
+    def upload_virsh(self, index: int) -> float:
+        name = f"bench-virsh-{index}"
+        self._volume(name)
+        try:
+            started = time.monotonic()
+            self.daemon.virsh("vol-upload", "--pool", self.pool, name, str(INITRD))
+            return time.monotonic() - started
+        finally:
+            self.daemon.virsh("vol-delete", "--pool", self.pool, name, check=False)
 
 
 def interleave(contenders: list[tuple[str, Callable[[int], float]]], runs: int,
@@ -154,24 +201,34 @@ def interleave(contenders: list[tuple[str, Callable[[int], float]]], runs: int,
         for name, run in contenders[k:] + contenders[:k]:
             seconds = run(i)
             times.setdefault(name, []).append(seconds)
-            print(f"run {i + 1}: {name:<14} {seconds:7.3f} s", file=sys.stderr)
+            print(f"run {i + 1}: {name:<17} {seconds:7.3f} s", file=sys.stderr)
 
 
 def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
     stats = {k: {"runs": v, "min": min(v), "median": statistics.median(v)}
              for k, v in times.items() if v}  # fmt: skip
     ratios = {}
-    for ours, theirs in (("treeboot", "virt-install"), ("upload-api", "virsh-vol-upload")):
+    pairs = [("treeboot", "virt-install")]
+    pairs += [(k, "virsh-vol-upload") for k in stats if k.startswith("upload-api")]
+    for ours, theirs in pairs:
         if ours in stats and theirs in stats:
             for key in ("min", "median"):
                 ratios[f"{ours}/{theirs} ({key})"] = stats[ours][key] / stats[theirs][key]
+    # The streaming alone: the API's stream part against virsh's upload minus its fixed cost.
+    if "virsh-vol-upload" in stats and "virsh-vol-info" in stats:
+        virsh_stream = (stats["virsh-vol-upload"]["median"]
+                        - stats["virsh-vol-info"]["median"])  # fmt: skip
+        for k in (k for k in stats if k.startswith("stream-api")):
+            ratios[f"{k}/virsh stream estimate (median)"] = stats[k]["median"] / virsh_stream
     return {"seconds": stats, "ratios": ratios}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--upload-runs", type=int, default=5)
+    parser.add_argument("--upload-runs", type=int, default=15)
+    parser.add_argument("--chunks", default="1,4,8",
+                        help="API upload chunk sizes to measure, in MiB (comma-separated)")
     parser.add_argument("--upload-only", action="store_true", help="skip time to installer")
     parser.add_argument("--limit", type=float, default=600.0,
                         help="seconds to wait for the prompt (a loaded machine is slow)")
@@ -187,9 +244,12 @@ def main() -> int:
             port = stack.enter_context(serve(work / "mirror"))
             url = f"http://127.0.0.1:{port}/{tree.relative_to(work / 'mirror')}/"
             bench = Bench(work, url, daemon)
-            bench.upload_api(-1)  # defines the treeboot-boot pool both uploads use
-            interleave([("upload-api", bench.upload_api),
-                        ("virsh-vol-upload", bench.upload_virsh)], args.upload_runs, times)
+            uploads = [(f"upload-api-{mib}M", bench.upload_api(mib))
+                       for mib in (int(c) for c in args.chunks.split(","))]  # fmt: skip
+            uploads.append(("virsh-vol-upload", bench.upload_virsh))
+            uploads.append(("virsh-vol-info", bench.virsh_no_upload))
+            interleave(uploads, args.upload_runs, times)
+            times.update(bench.streaming)
             if not args.upload_only:
                 interleave([("treeboot", bench.run_treeboot),
                             ("virt-install", bench.run_virt_install)], args.runs, times)
@@ -201,7 +261,7 @@ def main() -> int:
     for name, s in result["seconds"].items():
         print(f"{name:<17} min {s['min']:7.3f} s   median {s['median']:7.3f} s")
     for name, ratio in result["ratios"].items():
-        print(f"{name:<40} {ratio:5.3f}")
+        print(f"{name:<46} {ratio:5.3f}")
     return 0
 
 

@@ -21,6 +21,7 @@ libvirtd and virtlogd run as root in their own mount *and* network namespace
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -35,6 +36,7 @@ from typing import Any
 
 import pytest
 
+NET = f"tbnet{os.getpid() % 100000}"  # the isolated network of a test session
 LIBVIRTD = shutil.which("libvirtd", path="/usr/sbin:/usr/bin")
 VIRTLOGD = shutil.which("virtlogd", path="/usr/sbin:/usr/bin")
 
@@ -237,7 +239,8 @@ def isolated_network(daemon: Libvirtd, name: str, subnet: int = 77) -> Iterator[
 
 
 def leftover_objects(daemon: Libvirtd) -> dict[str, list[str]]:
-    """Domains, pools and volumes still on the daemon (what a test must have removed)."""
+    """Domains, pools, volumes and networks still on the daemon (what a test must have
+    removed); pools and networks also when they are defined but inactive."""
     import libvirt
 
     conn = libvirt.open(daemon.uri)
@@ -250,9 +253,28 @@ def leftover_objects(daemon: Libvirtd) -> dict[str, list[str]]:
         return {
             "domains": [d.name() for d in conn.listAllDomains()],
             "volumes": vols,
+            "pools": sorted(p.name() for p in conn.listAllStoragePools()),
+            "networks": sorted(n.name() for n in conn.listAllNetworks()),
         }
     finally:
         conn.close()
+
+
+def treeboot_on(
+    daemon: Libvirtd, *args: str, netns: bool = False, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """The CLI, run to its end (in the daemon's network namespace with ``netns``)."""
+    from _vm_helpers import treeboot_argv
+
+    prefix = daemon.netns if netns else []
+    return subprocess.run([*prefix, *treeboot_argv(*args)], capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+
+
+def json_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.stdout, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
 
 
 def remove_domain(daemon: Libvirtd, name: str) -> None:

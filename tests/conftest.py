@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _paths import SHARED
 
+pytest_plugins = ["_libvirt_fixtures"]  # libvirtd, network, clean: one daemon for all modules
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

@@ -15,21 +15,13 @@ import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from _libvirt_helpers import (
-    Libvirtd,
-    isolated_network,
-    leftover_objects,
-    needs_libvirtd,
-    private_libvirtd,
-    remove_domain,
-    throwaway_sshd,
-)
+from _libvirt_helpers import NET, Libvirtd, leftover_objects, needs_libvirtd, throwaway_sshd
+from _libvirt_helpers import json_of as _json
+from _libvirt_helpers import treeboot_on as _treeboot
 from _net_helpers import serve_http
 from _vm_helpers import (
     DI_KERNEL,
@@ -55,64 +47,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow, needs_qemu, needs_libvirtd]
 __all__ = ["debian_tree"]
 
 PROMPT = "Select a language"
-NET = f"tbnet{os.getpid() % 100000}"
-
-
-@pytest.fixture(scope="session")
-def libvirtd() -> Iterator[Libvirtd]:
-    root = Path(f"/tmp/tb-lv-{os.getpid()}")  # short: the daemon's socket path is limited
-    try:
-        with private_libvirtd(root) as daemon:
-            yield daemon
-    finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-@pytest.fixture(scope="session")
-def network(libvirtd: Libvirtd) -> Iterator[str]:
-    with isolated_network(libvirtd, NET) as address:
-        yield address
-
-
-@pytest.fixture
-def clean(libvirtd: Libvirtd) -> Iterator[list[str]]:
-    """Domain names a test creates; removed at the end, then nothing may be left over."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        remove_domain(libvirtd, name)
-    left = leftover_objects(libvirtd)
-    assert left["domains"] == [], left
-    disks = [v for v in left["volumes"] if not v.endswith((".qcow2", ".img"))]
-    assert disks == [], f"uploaded volumes were not deleted: {disks}"
-    _delete_disk_volumes(libvirtd)
-
-
-def _delete_disk_volumes(daemon: Libvirtd) -> None:
-    import libvirt
-
-    conn = libvirt.open(daemon.uri)
-    try:
-        for pool in conn.listAllStoragePools():
-            if pool.isActive():
-                for vol in pool.listAllVolumes():
-                    vol.delete(0)
-    finally:
-        conn.close()
-
-
-def _treeboot(
-    daemon: Libvirtd, *args: str, netns: bool = False, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    prefix = daemon.netns if netns else []
-    return subprocess.run([*prefix, *treeboot_argv(*args)], capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
-
-
-def _json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert proc.stdout, proc.stderr
-    data: dict[str, Any] = json.loads(proc.stdout)
-    return data
 
 
 def test_debian_installer_from_local_tree_on_isolated_network(

@@ -1,5 +1,8 @@
 """Keyboard to the guest's serial port, for ``--console attach`` on a terminal.
 
+(This is QEMU's side; with ``--connect`` the keys go into the libvirt console stream instead,
+see ``_domain_watch.StreamKeyboard``, with the same raw terminal and the same Ctrl-].)
+
 Output is not read here: the watcher copies the console *log* to the terminal, so nothing is
 lost before this connects. This end only sends keystrokes to QEMU's serial socket (and drains
 what QEMU writes to it, so the guest never blocks on a full socket). The terminal is put in
@@ -20,6 +23,41 @@ from pathlib import Path
 from typing import Any
 
 DETACH = b"\x1d"  # Ctrl-]
+ATTACHED = "treeboot: console attached; Ctrl-] detaches the keyboard\r\n"
+DETACHED = "\r\ntreeboot: keyboard detached (Ctrl-C stops the VM)\r\n"
+
+
+def split_detach(data: bytes) -> tuple[bytes, bool]:
+    """The keys to send, and whether the user asked to detach (Ctrl-], or end of input)."""
+    if not data:
+        return b"", True
+    keys, found, _ = data.partition(DETACH)
+    return keys, bool(found)
+
+
+class RawTerminal:
+    """A terminal in raw mode (Ctrl-C and Ctrl-Z go to the guest), restored by :meth:`restore`;
+    nothing happens when ``fd`` is not a terminal (a pipe)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.saved: list[Any] | None = None
+
+    def enter(self) -> bool:
+        """True if ``fd`` is a terminal, now raw."""
+        if not os.isatty(self.fd):
+            return False
+        self.saved = termios.tcgetattr(self.fd)
+        tty.setraw(self.fd)
+        mode = termios.tcgetattr(self.fd)
+        mode[1] |= termios.OPOST  # keep "\n" -> "\r\n" on output: the log is printed as is
+        termios.tcsetattr(self.fd, termios.TCSANOW, mode)
+        return True
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            self.saved = None
 
 
 class KeyboardForwarder:
@@ -27,7 +65,7 @@ class KeyboardForwarder:
         self.serial_socket = serial_socket
         self.fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
         self.sock: socket.socket | None = None
-        self.saved: list[Any] | None = None
+        self.terminal = RawTerminal(self.fd)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     @staticmethod
@@ -46,11 +84,7 @@ class KeyboardForwarder:
             return False
         sock.setblocking(False)
         self.sock, self.loop = sock, loop
-        self.saved = termios.tcgetattr(self.fd)
-        tty.setraw(self.fd)
-        mode = termios.tcgetattr(self.fd)
-        mode[1] |= termios.OPOST  # keep "\n" -> "\r\n" on output: the log is printed as is
-        termios.tcsetattr(self.fd, termios.TCSANOW, mode)
+        self.terminal.enter()
         loop.add_reader(self.fd, self._on_key)
         loop.add_reader(sock.fileno(), self._drain)
         return True
@@ -60,13 +94,11 @@ class KeyboardForwarder:
             data = os.read(self.fd, 1024)
         except OSError:
             data = b""
-        if not data or DETACH in data:
-            data = data.split(DETACH, 1)[0]
-            self._send(data)
+        keys, detach = split_detach(data)
+        self._send(keys)
+        if detach:
             self.stop()
-            sys.stderr.write("\r\ntreeboot: keyboard detached (Ctrl-C stops the VM)\r\n")
-            return
-        self._send(data)
+            sys.stderr.write(DETACHED)
 
     def _send(self, data: bytes) -> None:
         if data and self.sock is not None:
@@ -90,9 +122,7 @@ class KeyboardForwarder:
             if self.sock is not None:
                 self.loop.remove_reader(self.sock.fileno())
             self.loop = None
-        if self.saved is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-            self.saved = None
+        self.terminal.restore()
         if self.sock is not None:
             self.sock.close()
             self.sock = None

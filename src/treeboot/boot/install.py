@@ -200,7 +200,8 @@ def _install_libvirt(
             if dry_run:
                 return result
             prep.predict_boot(plan)  # refuses an initrd that cannot fit, before uploading
-            _start_state(plan, request, payload.secrets, connect=request.connect)
+            _start_state(plan, request, payload.secrets, connect=request.connect,
+                         pool=request.pool)  # fmt: skip
             result.run = libvirt_run.run(hv, plan, request, out)
         finally:
             _remove(plan.temp_files)
@@ -208,7 +209,12 @@ def _install_libvirt(
 
 
 def _start_state(
-    plan: BootPlan, request: InstallRequest, secrets: list[str], *, connect: str | None = None
+    plan: BootPlan,
+    request: InstallRequest,
+    secrets: list[str],
+    *,
+    connect: str | None = None,
+    pool: str | None = None,
 ) -> None:
     paths = plan.paths
     paths.state_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +225,7 @@ def _start_state(
     save_watch_options(paths.state_dir, opts)
     write_status(
         paths, state="starting", phase=str(Phase.INSTALL), watcher_pid=os.getpid(),
-        connect=connect,
+        connect=connect, pool=pool, outcome=None,
     )  # fmt: skip
 
 

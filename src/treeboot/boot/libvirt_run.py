@@ -12,52 +12,41 @@ The plan is the same BootPlan; what changes is who opens the files and where the
   lifecycle events, with polling as the fallback. Phase 2 is made persistent (``defineXML``).
 - the serial console comes over a ``virDomainOpenConsole`` stream into the local console log,
   where ``--wait-for`` and panic detection read it, exactly as on QEMU; virtlogd also keeps a
-  log on the hypervisor (``<log file=...>``).
+  log on the hypervisor (``<log file=...>``). ``--console attach`` also sends the keyboard
+  into that stream (``_domain_watch.py``).
+- ``--wait 0``: a detached watcher (``libvirt_watch.py``) runs both phases, as on QEMU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from treeboot.arch import Architecture
 from treeboot.boot import steps as prep
+from treeboot.boot._domain_watch import DomainWatch
 from treeboot.boot.accel import Accel, AccelChoice
-from treeboot.boot.backends.libvirt import Hypervisor, Volume, close_console
+from treeboot.boot.backends.libvirt import Hypervisor, Volume
 from treeboot.boot.backends.libvirt_xml import DomainFacts, render_domain_xml
 from treeboot.boot.plan import BootPlan, ConsoleMode, DiskPlan, NetworkPlan, Phase
 from treeboot.boot.request import InstallRequest, NetworkRequest
-from treeboot.boot.vm import write_status
-from treeboot.boot.watch import Outcome, PhaseResult, RunResult, WatchOptions, _Watcher
+from treeboot.boot.vm import start_background_watcher, write_status
+from treeboot.boot.watch import Outcome, PhaseResult, RunResult, WatchOptions
 from treeboot.errors import UsageError
 from treeboot.model import Identification
 from treeboot.notices import notice
 
 log = logging.getLogger("treeboot.boot.libvirt")
 
-_POLL = 0.05
-_POLL_STATE = 1.0  # the fallback: ask the hypervisor this often whether the domain still runs
-
-# virDomainEventType and the details of STOPPED (libvirt's enums, stable ABI).
-_EV_STOPPED, _EV_SHUTDOWN, _EV_CRASHED = 5, 6, 8
-_STOPPED_OUTCOME = {
-    0: (Outcome.FINISHED, "the guest shut down"),
-    1: (Outcome.STOPPED, "the domain was destroyed from outside"),
-    2: (Outcome.PANICKED, "the guest crashed"),
-    3: (Outcome.STOPPED, "the domain was migrated away"),
-    4: (Outcome.STOPPED, "the domain was saved"),
-    5: (Outcome.QEMU_FAILED, "the hypervisor reported a failure"),
-    6: (Outcome.STOPPED, "the domain was restored from a snapshot"),
-}
-_SHUTDOWN_HOST = 2  # VIR_DOMAIN_EVENT_SHUTDOWN_HOST: asked from the host, not by the guest
+_WATCHER = "treeboot.boot.libvirt_watch"  # python -m ...: the background watcher (--wait 0)
+_WATCHER_START = 300.0  # seconds for it to upload the artifacts and start the domain
 
 
 @contextlib.contextmanager
@@ -123,6 +112,13 @@ def guest_network(
             f"--network bridge={net.source}: treeboot cannot tell which address the guest"
             f" reaches this host at, to serve {ident.location}",
             hint="use --network network=NAME, or pass a URL the guest can reach",
+        )
+    if request.wait == 0:
+        raise UsageError(
+            f"--wait 0 with --connect: {ident.location} would be served to the guest by this"
+            " treeboot process, which returns at once",
+            hint="serve the tree over HTTP where the guest can reach it and pass its URL, or"
+            " drop --wait 0",
         )
     host = hv.network_address(net.source or "")
     if dry_run:
@@ -198,23 +194,60 @@ def _signals_raise() -> Iterator[None]:
 def run(
     hv: Hypervisor, plan: BootPlan, request: InstallRequest, out: IO[bytes] | None
 ) -> RunResult:
+    """Both phases in the foreground; with ``--wait 0`` a detached watcher runs them."""
+    if request.wait == 0:
+        return _run_in_background(plan)
     opts = WatchOptions(ConsoleMode(request.console), request.wait, request.wait_for)
+    return run_phases(hv, plan, opts, out, pool=request.pool)
+
+
+def run_phases(
+    hv: Hypervisor,
+    plan: BootPlan,
+    opts: WatchOptions,
+    out: IO[bytes] | None,
+    *,
+    pool: str | None,
+    watch_firstboot: bool | None = None,
+) -> RunResult:
+    """Phase 1 until it ends, then phase 2; status.json says where it stands.
+
+    Phase 2 is watched until it ends when ``watch_firstboot`` (the background watcher), or by
+    default when the user watches (``--console attach``, ``--wait``, ``--wait-for``);
+    otherwise it is defined, started and left to libvirt."""
     deadline = None if opts.wait is None else time.monotonic() + opts.wait
     phases: list[PhaseResult] = []
     uuid = hv.new_uuid(plan.name)
+    if watch_firstboot is None:
+        watch_firstboot = bool(
+            opts.console is ConsoleMode.ATTACH or opts.wait is not None or opts.wait_for
+        )
     with _signals_raise():
         try:
-            phases.append(_install_phase(hv, plan, opts, deadline, out, uuid, request.pool))
+            phases.append(_install_phase(hv, plan, opts, deadline, out, uuid, pool))
         except _Signalled as e:
             outcome = Outcome.INTERRUPTED if e.signum == signal.SIGINT else Outcome.TERMINATED
             phases.append(PhaseResult(Phase.INSTALL, outcome, str(e), []))
         if _wants_firstboot(plan, phases[-1]):
-            phases.append(_firstboot(hv, plan, opts, deadline, out, uuid))
+            phases.append(_firstboot(hv, plan, opts, deadline, out, uuid, watch=watch_firstboot))
     last = phases[-1]
     if last.outcome is not Outcome.BACKGROUND:
         write_status(plan.paths, state="stopped", outcome=str(last.outcome), detail=last.detail)
     matched = any(p.outcome is Outcome.MATCHED for p in phases)
     return RunResult(last.outcome, phases, matched)
+
+
+def _run_in_background(plan: BootPlan) -> RunResult:
+    """``--wait 0``: as on QEMU, a detached watcher (``python -m treeboot.boot.libvirt_watch``)
+    uploads, starts phase 1, waits for it to end, runs phase 2 and records the outcome in
+    status.json; this returns once phase 1 runs. ``treeboot stop NAME`` ends both."""
+    start_background_watcher(plan.paths.state_dir, phase=str(Phase.INSTALL), module=_WATCHER,
+                             timeout=_WATCHER_START)  # fmt: skip
+    then = "boots the installed disk when the installer ends"
+    if plan.no_reboot or plan.disk is None:
+        then = "waits for the installer to end"
+    phase = PhaseResult(Phase.INSTALL, Outcome.BACKGROUND, f"started; a watcher {then}", [])
+    return RunResult(Outcome.BACKGROUND, [phase])
 
 
 def _wants_firstboot(plan: BootPlan, result: PhaseResult) -> bool:
@@ -241,7 +274,7 @@ def _install_phase(
         hv_plan = _upload_artifacts(hv, plan, uploads, pool)
         xml = render_domain_xml(hv_plan, Phase.INSTALL, _facts(hv, plan, uuid))
         (plan.paths.state_dir / "install.xml").write_text(xml)
-        with _DomainWatch(hv, plan, opts, deadline, out) as watch:
+        with DomainWatch(hv, plan, opts, deadline, out) as watch:
             try:
                 dom = hv.conn.createXML(xml, 0)
             except hv.lv.libvirtError as e:
@@ -252,8 +285,6 @@ def _install_phase(
                 for vol in [v for v in uploads if v.name.endswith(("-kernel", "-initrd"))]:
                     hv.delete_volume(vol)
                 write_status(plan.paths, state="running", phase=str(Phase.INSTALL), domain=uuid)
-                if opts.wait == 0:
-                    return PhaseResult(Phase.INSTALL, Outcome.BACKGROUND, "started", [])
                 outcome, detail = watch.wait(dom)
             except BaseException:  # Ctrl-C, SIGTERM, a lost connection: nothing keeps running
                 watch.destroy(dom)
@@ -299,19 +330,20 @@ def _firstboot(
     deadline: float | None,
     out: IO[bytes] | None,
     uuid: str,
+    *,
+    watch: bool,
 ) -> PhaseResult:
     """Phase 2: the final XML boots the disk and is made persistent, as virt-install does."""
     xml = render_domain_xml(plan, Phase.FIRSTBOOT, _facts(hv, plan, uuid))
     (plan.paths.state_dir / "firstboot.xml").write_text(xml)
     try:
-        with _DomainWatch(hv, plan, opts, deadline, out) as watch:
+        with DomainWatch(hv, plan, opts, deadline, out) as watcher:
             dom = hv.conn.defineXML(xml)
             dom.create()
             write_status(plan.paths, state="running", phase=str(Phase.FIRSTBOOT))
-            watched = opts.console is ConsoleMode.ATTACH or opts.wait is not None or opts.wait_for
-            if not watched:
+            if not watch:
                 return PhaseResult(Phase.FIRSTBOOT, Outcome.BACKGROUND, "defined and started", [])
-            outcome, detail = watch.wait(dom)
+            outcome, detail = watcher.wait(dom)
     except hv.lv.libvirtError as e:
         return PhaseResult(Phase.FIRSTBOOT, Outcome.QEMU_FAILED, e.get_error_message(), [])
     except _Signalled as e:
@@ -320,130 +352,6 @@ def _firstboot(
     if outcome is Outcome.FINISHED:
         outcome = Outcome.POWERED_OFF
     return PhaseResult(Phase.FIRSTBOOT, outcome, detail, [])
-
-
-@dataclass
-class _Event:
-    event: int
-    detail: int
-
-
-class _DomainWatch:
-    """Lifecycle events of one domain, its console copied to the local log, and the verdict."""
-
-    def __init__(
-        self,
-        hv: Hypervisor,
-        plan: BootPlan,
-        opts: WatchOptions,
-        deadline: float | None,
-        out: IO[bytes] | None,
-    ) -> None:
-        self.hv, self.plan, self.opts, self.deadline, self.out = hv, plan, opts, deadline, out
-        self.events: queue.Queue[_Event] = queue.Queue()
-        self.callback: int | None = None
-        self.destroyed_by_us = False
-        self.host_shutdown = False
-        self.stream: Any = None
-        self.console_log: IO[bytes] | None = None
-
-    def __enter__(self) -> _DomainWatch:
-        def on_event(name: str, event: int, detail: int) -> None:
-            if name == self.plan.name:
-                self.events.put(_Event(event, detail))
-
-        self.callback = self.hv.on_lifecycle(on_event)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.callback is not None:
-            self.hv.remove_callback(self.callback)
-        if self.stream is not None:
-            close_console(self.stream)
-            self.stream = None
-        if self.console_log is not None:
-            self.console_log.close()
-            self.console_log = None
-
-    def wait(self, dom: Any) -> tuple[Outcome, str]:
-        log_path = self.plan.paths.console_log
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        self._start_console(dom)
-        matcher = _Watcher(0, log_path, offset, self.opts, self.deadline, self.out)
-        try:
-            return self._loop(dom, matcher)
-        except BaseException:
-            self.destroy(dom)
-            raise
-
-    def _loop(self, dom: Any, matcher: _Watcher) -> tuple[Outcome, str]:
-        next_poll = time.monotonic() + _POLL_STATE
-        while True:
-            found = matcher._read_console()
-            if found:
-                self.destroy(dom)
-                return found[0], found[1]
-            ended = self._drain_events()
-            if ended is None and time.monotonic() > next_poll:
-                ended = self._poll_state(dom)
-                next_poll = time.monotonic() + _POLL_STATE
-            if ended is not None:
-                self._finish_console()
-                late = matcher._read_console()  # the last lines may hold the marker
-                return (late[0], late[1]) if late else ended
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                self.destroy(dom)
-                return Outcome.TIMED_OUT, "--wait time limit reached"
-            time.sleep(_POLL)
-
-    def _drain_events(self) -> tuple[Outcome, str] | None:
-        while True:
-            try:
-                ev = self.events.get_nowait()
-            except queue.Empty:
-                return None
-            if ev.event == _EV_SHUTDOWN and ev.detail == _SHUTDOWN_HOST:
-                self.host_shutdown = True
-            elif ev.event == _EV_CRASHED:
-                return Outcome.PANICKED, "the guest kernel panicked (CRASHED event)"
-            elif ev.event == _EV_STOPPED:
-                outcome, detail = _STOPPED_OUTCOME.get(ev.detail, (Outcome.STOPPED, "stopped"))
-                if outcome is Outcome.FINISHED and self.host_shutdown:
-                    return Outcome.STOPPED, "shut down from the host"
-                return outcome, detail
-
-    def _poll_state(self, dom: Any) -> tuple[Outcome, str] | None:
-        """The fallback when no event arrives: is the domain still running?"""
-        try:
-            if dom.isActive():
-                return None
-        except self.hv.lv.libvirtError:
-            pass  # a transient domain that ended is gone
-        time.sleep(_POLL_STATE)  # give a late event its chance: it knows why
-        return self._drain_events() or (Outcome.FINISHED, "the domain ended (no event seen)")
-
-    def destroy(self, dom: Any) -> None:
-        self.destroyed_by_us = True
-        with contextlib.suppress(Exception):
-            dom.destroy()
-
-    def _start_console(self, dom: Any) -> None:
-        log = self.plan.paths.console_log.open("ab")
-        self.console_log = log
-
-        def sink(data: bytes) -> None:  # on the event loop thread; the matcher reads the file
-            with contextlib.suppress(ValueError):  # closed: the watch has ended
-                log.write(data)
-                log.flush()
-
-        try:
-            self.stream = self.hv.open_console(dom, sink)
-        except self.hv.lv.libvirtError as e:
-            notice(f"no live console ({e.get_error_message()}); only the hypervisor's log")
-            self.stream = None
-
-    def _finish_console(self) -> None:
-        time.sleep(_POLL)  # the event loop delivers what the console sent before the end
 
 
 def check_request(request: InstallRequest) -> None:

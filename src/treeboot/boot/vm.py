@@ -13,6 +13,7 @@ State lives in ``$TREEBOOT_HOME/vms/NAME`` (or ``platformdirs.user_state_dir("tr
     disk.qcow2    the default disk image
     fw_cfg.trace  with --trace-boot
     watcher.log   output of a background watcher (``--wait 0``)
+    install.xml, firstboot.xml   the domain XML of each phase (``--connect``)
 
 Running QEMU is in watch.py; this module only reads and signals.
 """
@@ -172,6 +173,11 @@ def _alive(pid: int) -> bool:
     return pid_matches(pid, "treeboot")
 
 
+def read_status(state_dir: Path) -> dict[str, Any]:
+    """status.json of a state directory as it is ({} if there is none)."""
+    return _read_json(state_dir / "status.json")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -253,18 +259,24 @@ def _copy_new(path: Path, offset: int, out: IO[bytes]) -> int:
 
 
 def start_background_watcher(
-    state_dir: Path, *, phase: str, timeout: float = 60.0
+    state_dir: Path,
+    *,
+    phase: str,
+    timeout: float = 60.0,
+    module: str = "treeboot.boot.watch",
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m treeboot.boot.watch`` detached; return once QEMU runs (or raise).
+    """Start ``python -m MODULE STATE_DIR --phase PHASE`` detached; return once the VM runs
+    (status.json says "running" with the watcher's PID), or raise.
 
-    The watcher owns QEMU (which dies with it) and outlives this process deliberately:
-    ``treeboot stop NAME`` ends it.
+    The watcher owns the VM (QEMU dies with it; a libvirt domain is destroyed when it is
+    signalled) and outlives this process deliberately: ``treeboot stop NAME`` ends it.
+    ``module`` is ``treeboot.boot.watch`` (QEMU) or ``treeboot.boot.libvirt_watch``.
     """
     log = (state_dir / "watcher.log").open("ab")
     status_file = state_dir / "status.json"
     before = _read_json(status_file).get("updated")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "treeboot.boot.watch", str(state_dir), "--phase", phase],
+        [sys.executable, "-m", module, str(state_dir), "--phase", phase],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
@@ -281,7 +293,8 @@ def start_background_watcher(
     _end_watcher(proc)
     raise BootError(
         f"the background VM did not start (phase {phase})" + (f":\n{tail}" if tail else ""),
-        hint=f"see {state_dir / 'qemu.log'} and {state_dir / 'watcher.log'}",
+        hint=f"see {state_dir / 'watcher.log'}"
+        + ("" if module.endswith("libvirt_watch") else f" and {state_dir / 'qemu.log'}"),
     )
 
 

@@ -42,7 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from treeboot.boot._console import KeyboardForwarder, TerminalFilter
+from treeboot.boot._console import ATTACHED, KeyboardForwarder, TerminalFilter
 from treeboot.boot._qemuproc import popen_tied, stop_process
 from treeboot.boot.backends.qemu import render_qemu_argv
 from treeboot.boot.plan import BootPlan, ConsoleMode, Phase, VMPaths
@@ -275,7 +275,7 @@ class _Watcher:
             if connected and self.out is not None and KeyboardForwarder.wanted():
                 keyboard = KeyboardForwarder(paths.serial_socket)
                 if keyboard.start(loop):
-                    sys.stderr.write("treeboot: console attached; Ctrl-] detaches the keyboard\r\n")
+                    sys.stderr.write(ATTACHED)
             result = await self._loop(proc, client, listener)
             if proc.poll() is None and connected:
                 with contextlib.suppress(Exception):
