@@ -499,6 +499,16 @@ def predict_fw_cfg(
       ``(initrd_max - initrd_size) & ~4095``. QEMU refuses an initrd of initrd_max bytes or
       more: BootError here. QEMU's x86 ``-initrd`` takes exactly one file.
     """
+    try:
+        with open(kernel_path, "rb") as f:
+            head = f.read(0x206)
+    except OSError as e:
+        raise LocationError(f"cannot read {kernel_path}: {e.strerror}") from e
+    if head[0x202:0x206] != b"HdrS":  # not a bzImage: no need to parse (an ELF is 60+ MB)
+        raise KernelImageError(
+            f"{kernel_path} is not a bzImage, but QEMU's x86 Linux loader needs an x86 bzImage",
+            hint="use the x86 kernel of the tree (vmlinuz, linux, bzImage)",
+        )
     image = read_kernel(kernel_path)
     x = image.x86
     if x is None:

@@ -12,7 +12,6 @@ raw mode, so Ctrl-C reaches the guest; Ctrl-] detaches the keyboard and restores
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -20,7 +19,10 @@ import sys
 import termios
 import tty
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 DETACH = b"\x1d"  # Ctrl-]
 ATTACHED = "treeboot: console attached; Ctrl-] detaches the keyboard\r\n"

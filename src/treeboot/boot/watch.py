@@ -28,7 +28,6 @@ background watcher used by ``--wait 0``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -214,6 +213,8 @@ def run_phase(
         paths.pidfile.write_text(f"{proc.pid}\n")
         write_status(paths, state="running", phase=str(phase), qemu_pid=proc.pid, outcome=None)
         watcher = _Watcher(proc.pid, paths.console_log, log_offset, opts, deadline, out)
+        import asyncio  # after QEMU's start: its import is not on the way there
+
         outcome, detail, reason = asyncio.run(watcher.run(proc, paths))
     finally:
         status = stop_process(proc)
@@ -261,6 +262,8 @@ class _Watcher:
         self.signalled: int | None = None
 
     async def run(self, proc: Any, paths: VMPaths) -> _Verdict:
+        import asyncio
+
         from qemu.qmp import EventListener, QMPClient
 
         loop = asyncio.get_running_loop()
@@ -293,6 +296,8 @@ class _Watcher:
         self.signalled = sig
 
     async def _connect(self, client: Any, proc: Any, qmp_socket: Path) -> bool:
+        import asyncio
+
         give_up = time.monotonic() + _QMP_CONNECT_TIMEOUT
         while proc.poll() is None and self.signalled is None and time.monotonic() < give_up:
             if qmp_socket.exists():
@@ -305,6 +310,8 @@ class _Watcher:
         return False
 
     async def _loop(self, proc: Any, client: Any, listener: Any) -> _Verdict:
+        import asyncio
+
         while True:
             found = self._read_console()
             if found:
@@ -326,6 +333,8 @@ class _Watcher:
     @staticmethod
     async def _last_event(client: Any, listener: Any) -> dict[str, Any] | None:
         """QEMU has exited: let the QMP reader process what it sent before its socket closed."""
+        import asyncio
+
         from qemu.qmp import Runstate
 
         for _ in range(50):

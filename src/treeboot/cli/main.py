@@ -15,10 +15,15 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from treeboot._version import __version__
-from treeboot.cli.output import install_notice_handler
-from treeboot.errors import TreebootError, UsageError
-from treeboot.model import redact_text
+# httpx imports its own command-line client (click, rich, pygments: about 40 ms) whenever
+# click happens to be installed. The treeboot command never runs it, and `install` would pay
+# for it before QEMU starts; the library (imported by other programs) leaves httpx alone.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+from treeboot._version import __version__  # noqa: E402
+from treeboot.cli.output import install_notice_handler  # noqa: E402
+from treeboot.errors import TreebootError, UsageError  # noqa: E402
+from treeboot.model import redact_text  # noqa: E402
 
 # Order is the order in `treeboot --help`.
 COMMAND_MODULES = [

@@ -228,25 +228,55 @@ class OsinfoDB:
     """The loaded database: entries plus lookups (see the module docstring)."""
 
     def __init__(self, entries: Iterable[OsEntry], version: str | None, paths: Sequence[str]):
-        self.entries = tuple(entries)
+        self._entries: tuple[OsEntry, ...] | None = tuple(entries)
         self.version = version
         self.paths = tuple(paths)
-        self._by_id: dict[str, OsEntry] = {}
-        self._by_distro: dict[str, list[OsEntry]] = {}
-        for e in self.entries:
-            for sid in e.short_ids:
-                self._by_id.setdefault(sid, e)
-            if e.distro:
-                self._by_distro.setdefault(e.distro, []).append(e)
+        self._raw: list[dict[str, Any]] = []
+        self._decoded: list[OsEntry | None] = list(self._entries)
+        self._by_id: dict[str, int] = {}
+        self._by_distro: dict[str, list[int]] = {}
+        for i, e in enumerate(self._entries):
+            self._index(i, e.short_ids, e.distro)
+
+    @classmethod
+    def from_raw(
+        cls, raw: list[dict[str, Any]], version: str | None, paths: Sequence[str]
+    ) -> OsinfoDB:
+        """A database over the index's JSON entries, each decoded when first asked for: a warm
+        ``treeboot install`` looks up one entry, not 800 (30 ms before QEMU starts)."""
+        db = cls((), version, paths)
+        db._entries, db._raw, db._decoded = None, raw, [None] * len(raw)
+        for i, d in enumerate(raw):
+            db._index(i, d["short_ids"], d.get("distro"))
+        return db
+
+    def _index(self, i: int, short_ids: Iterable[str], distro: str | None) -> None:
+        for sid in short_ids:
+            self._by_id.setdefault(sid, i)
+        if distro:
+            self._by_distro.setdefault(distro, []).append(i)
+
+    def _entry(self, i: int) -> OsEntry:
+        e = self._decoded[i]
+        if e is None:
+            e = self._decoded[i] = _entry_from_json(self._raw[i])
+        return e
+
+    @property
+    def entries(self) -> tuple[OsEntry, ...]:
+        if self._entries is None:
+            self._entries = tuple(self._entry(i) for i in range(len(self._decoded)))
+        return self._entries
 
     def __repr__(self) -> str:
-        return f"OsinfoDB(version={self.version!r}, entries={len(self.entries)})"
+        return f"OsinfoDB(version={self.version!r}, entries={len(self._decoded)})"
 
     def get(self, short_id: str) -> OsEntry | None:
-        return self._by_id.get(short_id)
+        i = self._by_id.get(short_id)
+        return None if i is None else self._entry(i)
 
     def by_distro(self, distro: str) -> list[OsEntry]:
-        return list(self._by_distro.get(distro, ()))
+        return [self._entry(i) for i in self._by_distro.get(distro, ())]
 
     def newest_first(self, entries: Iterable[OsEntry]) -> list[OsEntry]:
         """Numeric versions, newest first (placeholders and named versions left out)."""
@@ -518,16 +548,17 @@ def _to_json(db: OsinfoDB, key: str) -> dict[str, Any]:
     }
 
 
-def _from_json(data: dict[str, Any]) -> OsinfoDB:
-    def entry(d: dict[str, Any]) -> OsEntry:
-        d = dict(d)
-        d["short_ids"] = tuple(d["short_ids"])
-        d["trees"] = tuple(TreeRule(**t) for t in d["trees"])
-        d["medias"] = tuple(MediaRule(**m) for m in d["medias"])
-        d["resources"] = tuple(Resources(**r) for r in d["resources"])
-        return OsEntry(**d)
+def _entry_from_json(d: dict[str, Any]) -> OsEntry:
+    d = dict(d)
+    d["short_ids"] = tuple(d["short_ids"])
+    d["trees"] = tuple(TreeRule(**t) for t in d["trees"])
+    d["medias"] = tuple(MediaRule(**m) for m in d["medias"])
+    d["resources"] = tuple(Resources(**r) for r in d["resources"])
+    return OsEntry(**d)
 
-    return OsinfoDB([entry(d) for d in data["entries"]], data["version"], data["paths"])
+
+def _from_json(data: dict[str, Any]) -> OsinfoDB:
+    return OsinfoDB.from_raw(list(data["entries"]), data["version"], data["paths"])
 
 
 def _read_cache(path: Path, key: str) -> OsinfoDB | None:

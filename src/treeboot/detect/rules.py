@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from treeboot.detect.osinfo import version_key
@@ -148,7 +148,8 @@ def _patterns(raw: list[dict[str, Any]]) -> tuple[PatternRule, ...]:
 
 def load_rule_table(name: str) -> dict[str, Any]:
     """The packaged ``rules/<name>``, parsed; MetadataError if it is not valid TOML."""
-    text = resources.files("treeboot").joinpath(f"rules/{name}").read_text("utf-8")
+    # The package's own file (never imported from a zip; importlib.resources costs 9 ms).
+    text = (Path(__file__).resolve().parents[1] / "rules" / name).read_text("utf-8")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
