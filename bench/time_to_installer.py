@@ -27,6 +27,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -46,6 +47,7 @@ from treeboot.devtree import build_debian_tree  # noqa: E402
 
 PROMPT = b"Select a language"
 POLL = 0.02
+SETTLE = 2.0  # seconds of quiet before each boot
 LIMIT = float(os.environ.get("BENCH_LIMIT", "300"))
 VIRSH = ["virsh", "--connect", "qemu:///system"]
 
@@ -397,10 +399,12 @@ def main() -> int:
                 wanted = args.rows.split(",")
                 contenders = [(n, r) for n, r in contenders if any(w in n for w in wanted)]
             for i in range(args.runs):
-                # Rotate the order each round: no contender always runs first (or after
-                # virt-install's libvirt churn).
-                k = i * 3 % len(contenders)
-                for name, run in contenders[k:] + contenders[:k]:
+                # A new order each round (seeded: runs are repeatable), so that no contender
+                # always follows the same one: rotating a fixed order kept treeboot right after
+                # virt-install, whose libvirtd was still tearing its domain down. And a pause
+                # before each boot, so that each one starts on a settled machine.
+                for name, run in random.Random(i).sample(contenders, len(contenders)):
+                    time.sleep(SETTLE)
                     seconds = run(i)
                     times.setdefault(name, []).append(seconds)
                     cpu = bench.cpu.get(name, [0.0])[-1]
