@@ -271,6 +271,20 @@ def treeboot_on(
                           timeout=timeout, check=False)  # fmt: skip
 
 
+def firstboot_volume(daemon: Libvirtd, work: Path, name: str) -> str:
+    """The first-boot test disk uploaded into a volume of the daemon's default pool: what
+    ``--disk path=`` names on the hypervisor. Returns the volume's path there."""
+    from _vm_helpers import firstboot_disk
+    from treeboot.boot.backends.libvirt import Hypervisor
+
+    hv = Hypervisor(daemon.uri)
+    try:
+        vol = hv.upload(hv.find_pool(None), firstboot_disk(work / "disk.img"), f"{name}.img")
+        return str(vol.path)
+    finally:
+        hv.close()
+
+
 def json_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert proc.stdout, proc.stderr
     data: dict[str, Any] = json.loads(proc.stdout)

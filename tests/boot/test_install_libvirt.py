@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from _libvirt_helpers import NET, Libvirtd, leftover_objects, needs_libvirtd, throwaway_sshd
+from _libvirt_helpers import (
+    NET,
+    Libvirtd,
+    firstboot_volume,
+    leftover_objects,
+    needs_libvirtd,
+    throwaway_sshd,
+)
 from _libvirt_helpers import json_of as _json
 from _libvirt_helpers import treeboot_on as _treeboot
 from _net_helpers import serve_http
@@ -30,7 +37,6 @@ from _vm_helpers import (
     TREE_PATH,
     busybox_initrd,
     debian_tree,
-    firstboot_disk,
     needs_qemu,
     state_dir,
     treeboot_argv,
@@ -100,7 +106,6 @@ def test_local_tree_is_served_on_the_networks_bridge_address(
 
 def test_local_tree_is_refused_on_a_remote_connection(debian_tree: Path) -> None:
     from treeboot.boot import libvirt_run
-    from treeboot.boot.backends.libvirt import Hypervisor
 
     hv = Hypervisor.__new__(Hypervisor)  # no connection needed to decide this
     hv.uri = "qemu+ssh://root@hypervisor.example/system"
@@ -118,13 +123,7 @@ def test_poweroff_ends_phase1_and_phase2_boots_the_defined_domain(
     name = f"tb-lv-p2-{os.getpid()}"
     clean.append(name)
     initrd = busybox_initrd(tmp_path / "initrd.cpio", f"echo {INSTALLER_MARKER}\npoweroff -f\n")
-    # An existing volume on the hypervisor, as --disk path= names it there.
-    hv = Hypervisor(libvirtd.uri)
-    try:
-        vol = hv.upload(hv.find_pool(None), firstboot_disk(tmp_path / "disk.img"), f"{name}.img")
-    finally:
-        hv.close()
-    disk = vol.path
+    disk = firstboot_volume(libvirtd, tmp_path, name)  # an existing volume on the hypervisor
     proc = _treeboot(libvirtd, "install", str(debian_tree / TREE_PATH), "--name", name,
                      "--connect", libvirtd.uri, "--network", "none",
                      "--kernel", str(DI_KERNEL), "--initrd", str(initrd),

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from _libvirt_helpers import Libvirtd, isolated_network, json_of, leftover_objects, needs_libvirtd
+from _libvirt_helpers import (
+    Libvirtd,
+    firstboot_volume,
+    isolated_network,
+    json_of,
+    leftover_objects,
+    needs_libvirtd,
+)
 from _libvirt_helpers import treeboot_on as _treeboot
 from _vm_helpers import (
     DI_KERNEL,
@@ -27,7 +34,6 @@ from _vm_helpers import (
     TREE_PATH,
     busybox_initrd,
     debian_tree,
-    firstboot_disk,
     needs_qemu,
     pid_gone,
     reap_pids,
@@ -35,7 +41,6 @@ from _vm_helpers import (
     status,
     treeboot_argv,
 )
-from treeboot.boot.backends.libvirt import Hypervisor
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, needs_qemu, needs_libvirtd]
 __all__ = ["debian_tree"]
@@ -95,17 +100,13 @@ def test_wait_0_returns_and_a_detached_watcher_boots_the_disk(
     clean.append(name)
     initrd = busybox_initrd(tmp_path / "initrd.cpio",
                             f"echo {INSTALLER_MARKER}\nsleep 20\npoweroff -f\n")  # fmt: skip
-    hv = Hypervisor(libvirtd.uri)
-    try:
-        vol = hv.upload(hv.find_pool(None), firstboot_disk(tmp_path / "disk.img"), f"{name}.img")
-    finally:
-        hv.close()
+    disk = firstboot_volume(libvirtd, tmp_path, name)
     watcher: int | None = None
     try:
         proc = _treeboot(libvirtd, "install", str(debian_tree / TREE_PATH), "--name", name,
                          "--connect", libvirtd.uri, "--network", "none",
                          "--kernel", str(DI_KERNEL), "--initrd", str(initrd),
-                         "--disk", f"path={vol.path},format=raw", "--wait", "0",
+                         "--disk", f"path={disk},format=raw", "--wait", "0",
                          "--json")  # fmt: skip
         st = status(name)
         watcher = st.get("watcher_pid")

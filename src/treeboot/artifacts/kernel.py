@@ -511,11 +511,7 @@ def predict_fw_cfg(
         )
     image = read_kernel(kernel_path)
     x = image.x86
-    if x is None:
-        raise KernelImageError(
-            f"{kernel_path} is {image.format}, but QEMU's x86 Linux loader needs an x86 bzImage",
-            hint="use the x86 kernel of the tree (vmlinuz, linux, bzImage)",
-        )
+    assert x is not None  # 'HdrS' is what makes _parse read the x86 setup header
     proto = x.protocol
     high = proto >= 0x200 and x.loadflags & 1
     real_addr, cmdline_addr = (0x10000, 0x20000) if high and proto >= 0x202 else (0x90000, None)
