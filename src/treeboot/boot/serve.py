@@ -414,15 +414,11 @@ def reachable_check(url: str, *, timeout: float = 10.0) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return
-    import ssl
-
     import httpx
 
-    # TLS trust only for https: loading the CA store costs 20-35 ms, on the way to QEMU's start
-    # (the guest-side probe is of plain http on the loopback).
-    verify: ssl.SSLContext | bool = False
-    if parts.scheme == "https":
-        verify = ssl.create_default_context()
+    from treeboot.locate.http import tls_verify
+
+    verify = tls_verify(parts.scheme)  # as the tree's own reader does it
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True, verify=verify) as client:
             r = client.head(url)
