@@ -4,7 +4,8 @@
         [--skip-virt-install] [--rows SUBSTR,...] [--json]
 
 Every row boots the same Debian 12 netboot kernel and initrd (a local mirror tree served on
-127.0.0.1) under TCG with 2 vCPUs and 1 GiB, interleaved in one run, in a rotating order:
+127.0.0.1) under TCG with 2 vCPUs and 1 GiB, interleaved in one run, in a new seeded random
+order each round, after 2 s of quiet:
 
 - treeboot (``--boot-form`` auto, fast, classic): ``treeboot install URL --accel tcg --disk
   none --wait-for 'Select a language'`` from a warm cache (derived forms included);
@@ -16,9 +17,11 @@ Every row boots the same Debian 12 netboot kernel and initrd (a local mirror tre
 - virt-install 4.1 (amd64): ``--virt-type qemu --location URL --transient``, against a
   libvirtd of its own started in a private mount namespace where /dev/kvm is masked.
 
-Also printed: the cold derivation cost (wall and CPU seconds, extra cache bytes) and each
-bare row's QEMU peak RSS. The prompt is detected the same way for every row: the serial log
-is polled every 20 ms. Prints min and median per row and the ratios.
+Also printed: the cold derivation cost (wall and CPU seconds, extra cache bytes), each bare
+row's QEMU peak RSS, and for treeboot rows the split of their time into treeboot's own
+start-up (to QEMU's start, read from /proc) and the boot after it. The prompt is detected the
+same way for every row: the serial log is polled every 20 ms. Prints min and median per row
+and the ratios.
 """
 
 from __future__ import annotations
@@ -70,10 +73,16 @@ def serve(root: Path) -> Iterator[int]:
         server.server_close()
 
 
-def wait_for_prompt(log: Path, started: float, proc: subprocess.Popen[bytes] | None) -> float:
+def wait_for_prompt(
+    log: Path,
+    started: float,
+    proc: subprocess.Popen[bytes] | None,
+    each_poll: Callable[[], None] = lambda: None,
+) -> float:
     """Seconds from ``started`` until PROMPT is in ``log``; raises if it never comes."""
     offset, tail = 0, b""
     while time.monotonic() - started < LIMIT:
+        each_poll()
         with contextlib.suppress(FileNotFoundError), log.open("rb") as f:
             f.seek(offset)
             data = f.read()
@@ -86,6 +95,29 @@ def wait_for_prompt(log: Path, started: float, proc: subprocess.Popen[bytes] | N
         time.sleep(POLL)
     last = tail[-1500:].decode(errors="replace")
     raise RuntimeError(f"no prompt in {log} within {LIMIT} s; the log ends with:\n{last}")
+
+
+class _QemuOf:
+    """treeboot's QEMU, found through its pidfile: when it started (seconds after
+    ``started``, from /proc: 10 ms resolution), so that treeboot's time splits into its own
+    start-up and the guest's boot."""
+
+    def __init__(self, pidfile: Path, started: float) -> None:
+        self.pidfile = pidfile
+        self.started = started
+        self.pid: int | None = None
+        self.offset = 0.0
+
+    def poll(self) -> None:
+        if self.pid is not None:
+            return
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(self.pidfile.read_text())
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # CLOCK_BOOTTIME ticks
+            now_boot, now = time.clock_gettime(time.CLOCK_BOOTTIME), time.monotonic()
+            self.offset = since_boot - (now_boot - now) - self.started
+            self.pid = pid
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -137,8 +169,13 @@ class Bench:
                      "--arch", arch]  # fmt: skip
         self.classic = self._bare_argv()
         self.forms, self.derive_cost = self._derive()
+        # The derivation leaves ~200 MB of dirty pages; their writeback slowed the first boot
+        # after it by 2-3 s, whichever row it was. Flush them before any boot is timed.
+        os.sync()
+        time.sleep(SETTLE)
         self.peaks: dict[str, list[int]] = {}
         self.cpu: dict[str, list[float]] = {}  # QEMU's CPU seconds at the prompt: less noisy
+        self.qemu_start: dict[str, list[float]] = {}  # treeboot rows: seconds to QEMU's start
 
     def _bare_argv(self) -> list[str]:
         """Warm treeboot's cache and take its exact classic QEMU argv from --dry-run."""
@@ -188,18 +225,24 @@ class Bench:
             argv = _drop(argv, _DROPS[what])
         return argv
 
-    def run_treeboot(self, form: str) -> float:
-        log = self.work / "home" / "vms" / "bench" / "console.log"
+    def run_treeboot(self, row: str, form: str) -> float:
+        vm = self.work / "home" / "vms" / "bench"
+        log = vm / "console.log"
         log.unlink(missing_ok=True)
+        (vm / "qemu.pid").unlink(missing_ok=True)
         started = time.monotonic()
         proc = subprocess.Popen(
             [*self.treeboot, "install", self.url, "--name", "bench", *self.args,
              "--boot-form", form, "--wait-for", PROMPT.decode(), "--wait", str(LIMIT)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        qemu = _QemuOf(vm / "qemu.pid", started)
         try:
-            return wait_for_prompt(log, started, proc)
+            return wait_for_prompt(log, started, proc, qemu.poll)
         finally:
+            if qemu.pid is not None:
+                self.cpu.setdefault(row, []).append(_cpu_seconds(qemu.pid))
+                self.qemu_start.setdefault(row, []).append(qemu.offset)
             proc.wait(60)
 
     def run_bare(self, row: str, argv: list[str]) -> float:
@@ -299,11 +342,15 @@ def rows(bench: Bench, arch: str) -> dict[str, Callable[[int], float]]:
         "-mon", "chardev=qmp,mode=control",
     ]  # fmt: skip
     out: dict[str, Callable[[int], float]] = {
-        "treeboot": lambda i: bench.run_treeboot("auto"),
-        "treeboot --boot-form classic": lambda i: bench.run_treeboot("classic"),
+        "treeboot": lambda i: bench.run_treeboot("treeboot", "auto"),
+        "treeboot --boot-form classic": lambda i: bench.run_treeboot(
+            "treeboot --boot-form classic", "classic"
+        ),
     }
     if arch != "amd64":  # on amd64, auto is fast already
-        out["treeboot --boot-form fast"] = lambda i: bench.run_treeboot("fast")
+        out["treeboot --boot-form fast"] = lambda i: bench.run_treeboot(
+            "treeboot --boot-form fast", "fast"
+        )
     for name, argv in bare.items():
         out[name] = functools.partial(lambda n, a, i: bench.run_bare(n, a), name, argv)
     return out
@@ -367,12 +414,19 @@ def _terminate(pid: int, marker: str, grace: float = 120.0) -> None:
 # -- main ---------------------------------------------------------------------------------
 
 
-def summarize(times: dict[str, list[float]], peaks: dict[str, list[int]]) -> dict[str, Any]:
+def summarize(
+    times: dict[str, list[float]], peaks: dict[str, list[int]], qemu_start: dict[str, list[float]]
+) -> dict[str, Any]:
     stats: dict[str, dict[str, Any]] = {
         k: {"runs": [round(x, 2) for x in v], "min": min(v), "median": statistics.median(v),
             "peak_rss_mib": max(peaks.get(k, [0])) >> 20}
         for k, v in times.items() if v
     }  # fmt: skip
+    for k, starts in qemu_start.items():  # treeboot's own start-up, and the boot after it
+        if k in stats and len(starts) == len(times[k]):
+            guest = [t - q for t, q in zip(times[k], starts, strict=True)]
+            stats[k]["to_qemu_start"] = {"min": min(starts), "median": statistics.median(starts)}
+            stats[k]["after_qemu_start"] = {"min": min(guest), "median": statistics.median(guest)}
     ratios: dict[str, float] = {}
     pairs = [("treeboot", "virt-install"), ("treeboot", "bare fast (vmlinux/Image + raw initrd)"),
              ("treeboot --boot-form classic", "bare classic"),
@@ -383,6 +437,9 @@ def summarize(times: dict[str, list[float]], peaks: dict[str, list[int]]) -> dic
         if a in stats and b in stats:
             for key in ("min", "median"):
                 ratios[f"{a} / {b} ({key})"] = stats[a][key] / stats[b][key]
+                if "after_qemu_start" in stats[a]:  # the guest's part alone
+                    guest = stats[a]["after_qemu_start"][key]
+                    ratios[f"{a} from QEMU start / {b} ({key})"] = guest / stats[b][key]
     return {"seconds": stats, "ratios": ratios}
 
 
@@ -421,9 +478,10 @@ def main() -> int:
                     seconds = run(i)
                     times.setdefault(name, []).append(seconds)
                     cpu = bench.cpu.get(name, [0.0])[-1]
-                    print(f"run {i + 1}: {name:<45} {seconds:6.2f} s   qemu cpu {cpu:6.2f} s",
-                          file=sys.stderr)  # fmt: skip
-        result = summarize(times, bench.peaks)
+                    start = bench.qemu_start.get(name, [0.0])[-1]
+                    print(f"run {i + 1}: {name:<45} {seconds:6.2f} s   qemu cpu {cpu:6.2f} s"
+                          f"   qemu start {start:5.2f} s", file=sys.stderr)  # fmt: skip
+        result = summarize(times, bench.peaks, bench.qemu_start)
         result["cold_derivation"] = bench.derive_cost
         result["qemu_cpu_seconds"] = bench.cpu
         result["arch"] = args.arch
@@ -434,6 +492,11 @@ def main() -> int:
     for name, s in result["seconds"].items():
         print(f"{name:<45} min {s['min']:6.2f} s   median {s['median']:6.2f} s"
               f"   peak RSS {s['peak_rss_mib']} MiB")  # fmt: skip
+        if "to_qemu_start" in s:
+            q, g = s["to_qemu_start"], s["after_qemu_start"]
+            print(f"  {'of which to QEMU start':<43} min {q['min']:6.2f} s   median"
+                  f" {q['median']:6.2f} s\n  {'and from QEMU start':<43} min {g['min']:6.2f} s"
+                  f"   median {g['median']:6.2f} s")  # fmt: skip
     for name, ratio in result["ratios"].items():
         print(f"{name:<80} {ratio:5.3f}")
     return 0

@@ -291,6 +291,20 @@ def test_local_tree_is_compared_by_content(small_tree: Path, cache: Cache) -> No
     assert "identcache" not in third.extra and third.checksums != first.checksums
 
 
+def test_the_code_that_identifies_is_part_of_the_host_state() -> None:
+    """A new treeboot (another detection, trust or locate module, or rule) re-identifies."""
+    import treeboot
+    from treeboot.detect.identcache import local_state
+
+    state = local_state()
+    package = Path(treeboot.__file__).parent
+    for stage in ("detect", "trust", "locate"):
+        assert state[str(package / stage)] is not None, stage
+        assert state[str(package / stage / "__init__.py")] is not None, stage
+    assert state[str(package / "rules" / "distros.toml")] is not None
+    assert all(value is not None for key, value in state.items() if key.startswith(str(package)))
+
+
 def test_identification_cache_entry(small_tree: Path, cache: Cache, tmp_path: Path) -> None:
     from treeboot.detect.identcache import load_entry, make_entry, revalidate
     from treeboot.locate.open import open_location

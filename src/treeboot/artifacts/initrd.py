@@ -19,8 +19,7 @@ initrd holds, and at most ``max_decompressed`` bytes are examined.
 
 from __future__ import annotations
 
-import bz2
-import lzma
+import functools
 import os
 import re
 import stat
@@ -30,10 +29,6 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-
-import lz4.block
-import lz4.frame
-import pyzstd
 
 from treeboot.artifacts._binfmt import elf_arch
 from treeboot.artifacts.cpio import HEADER_SIZE, MAX_NAME, NEWC_CRC_MAGIC, NEWC_MAGIC, TRAILER, pad4
@@ -131,6 +126,9 @@ class _Lz4Legacy:
     BOUND = BLOCK + BLOCK // 255 + 16  # LZ4_COMPRESSBOUND
 
     def __init__(self) -> None:
+        import lz4.block
+
+        self._decompress_block = lz4.block.decompress
         self._in = bytearray()
         self._out = b""
         self._eoi = False
@@ -180,39 +178,56 @@ class _Lz4Legacy:
                 return
             block = bytes(self._in[4 : 4 + n])
             del self._in[: 4 + n]
-            self._out = lz4.block.decompress(block, uncompressed_size=self.BLOCK)
+            self._out = self._decompress_block(block, uncompressed_size=self.BLOCK)
             return
 
 
+# The decompression modules are imported when a stream of their kind is met: a warm install
+# (derived forms cached) reads no compressed stream, and these imports cost it ~9 ms.
 def open_decoder(kind: Compression) -> Decoder | None:
     """A fresh streaming decoder for one stream; None where Python has none (lzo)."""
     if kind is Compression.GZIP:
         return _Gzip()
-    if kind is Compression.XZ:
-        return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=_MEMLIMIT)
-    if kind is Compression.LZMA:
-        return lzma.LZMADecompressor(lzma.FORMAT_ALONE, memlimit=_MEMLIMIT)
+    if kind in (Compression.XZ, Compression.LZMA):
+        import lzma
+
+        form = lzma.FORMAT_XZ if kind is Compression.XZ else lzma.FORMAT_ALONE
+        return lzma.LZMADecompressor(form, memlimit=_MEMLIMIT)
     if kind is Compression.BZIP2:
+        import bz2
+
         return bz2.BZ2Decompressor()
     if kind is Compression.ZSTD:
+        import pyzstd
+
         return pyzstd.ZstdDecompressor()
     if kind is Compression.LZ4_FRAME:
+        import lz4.frame
+
         return lz4.frame.LZ4FrameDecompressor()  # type: ignore[no-any-return]
     if kind is Compression.LZ4:
         return _Lz4Legacy()
     return None
 
 
-_DECODE_ERRORS = (
-    zlib.error,
-    lzma.LZMAError,
-    OSError,  # bz2
-    EOFError,
-    ValueError,
-    RuntimeError,  # lz4.frame
-    lz4.block.LZ4BlockError,
-    pyzstd.ZstdError,
-)
+@functools.cache
+def _decode_errors() -> tuple[type[Exception], ...]:
+    """What a decoder raises on corrupt input (evaluated only when an exception is caught)."""
+    import lzma
+
+    import lz4.block
+    import pyzstd
+
+    return (
+        zlib.error,
+        lzma.LZMAError,
+        OSError,  # bz2
+        EOFError,
+        ValueError,
+        RuntimeError,  # lz4.frame
+        lz4.block.LZ4BlockError,
+        pyzstd.ZstdError,
+    )
 
 
 class DecompressedStream:
@@ -252,7 +267,7 @@ class DecompressedStream:
                         dec.end_of_input()
             try:
                 out = dec.decompress(data, _OUT_CHUNK)
-            except _DECODE_ERRORS as e:
+            except _decode_errors() as e:
                 raise KernelImageError(
                     f"{self.where}: the {self.kind} data is corrupt: {e}",
                     hint="the file is damaged or truncated: download it again",

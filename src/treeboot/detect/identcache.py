@@ -261,7 +261,7 @@ def _local_paths(keyring: Path | None) -> Iterator[Path]:
     from treeboot.trust.signature import ARCHIVE_KEYRINGS
 
     package = Path(__file__).resolve().parents[1]
-    stages = [package / s for s in ("identify", "trust", "locate")]  # the code that identifies
+    stages = [package / s for s in ("detect", "trust", "locate")]  # the code that identifies
     yield from [*stages, package / "rules"]  # their mtimes change when a file is added
     yield from sorted([*(p for s in stages for p in s.glob("*.py")), *package.glob("rules/*.toml")])
     for db in db_paths():

@@ -32,15 +32,16 @@ import json
 import logging
 import os
 import re
-import tempfile
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
+
+if TYPE_CHECKING:  # the XML parser is loaded only to rebuild the index (a cold run)
+    import xml.etree.ElementTree as ET
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +474,8 @@ def _entry(el: ET.Element) -> OsEntry | None:
 
 def parse_os_xml(path: Path) -> list[OsEntry]:
     """Every ``<os>`` in one osinfo-db XML file (unparsable files are skipped with a log)."""
+    import xml.etree.ElementTree as ET
+
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
@@ -574,6 +577,8 @@ def _read_cache(path: Path, key: str) -> OsinfoDB | None:
 
 def _write_cache(path: Path, db: OsinfoDB, key: str) -> None:
     try:
+        import tempfile
+
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
