@@ -443,12 +443,18 @@ def summarize(
     return {"seconds": stats, "ratios": ratios}
 
 
+def _wanted(name: str, rows: str, contenders: list[tuple[str, Any]]) -> bool:
+    """--rows: each comma-separated item is a row's whole name, or else a substring of some."""
+    names = {n for n, _ in contenders}
+    return any(w == name if w in names else w in name for w in rows.split(","))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--arch", default="amd64", choices=["amd64", "arm64"])
     parser.add_argument("--skip-virt-install", action="store_true")
-    parser.add_argument("--rows", help="comma-separated substrings: only the matching rows")
+    parser.add_argument("--rows", help="comma-separated row names or substrings: only those rows")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--limit", type=float, default=LIMIT, help="seconds per boot")
     args = parser.parse_args()
@@ -466,8 +472,7 @@ def main() -> int:
                 prefix = stack.enter_context(private_libvirt(work))
                 contenders.append(("virt-install", lambda i: bench.run_virt_install(i, prefix)))
             if args.rows:
-                wanted = args.rows.split(",")
-                contenders = [(n, r) for n, r in contenders if any(w in n for w in wanted)]
+                contenders = [(n, r) for n, r in contenders if _wanted(n, args.rows, contenders)]
             for i in range(args.runs):
                 # A new order each round (seeded: runs are repeatable), so that no contender
                 # always follows the same one: rotating a fixed order kept treeboot right after

@@ -17,14 +17,13 @@ from hypothesis import strategies as st
 
 from _kernel_helpers import DATA, fixture, fixture_meta, full_size_copy, netboot, run_qemu
 from treeboot.artifacts.cpio import CpioEntry, build_newc
+from treeboot.artifacts.fwcfg import below_4g_mem_size, predict_fw_cfg
 from treeboot.artifacts.initrd import InitrdInfo
 from treeboot.artifacts.kernel import (
     ImageFormat,
     KernelImage,
-    below_4g_mem_size,
     inspect_file,
     parse_kernel,
-    predict_fw_cfg,
     read_kernel,
     read_kernel_header,
 )
@@ -346,8 +345,50 @@ def test_predict_fw_cfg_rules(kernel_file: Path, tmp_path: Path) -> None:
     assert e.value.hint and "--memory" in e.value.hint
     long = predict_fw_cfg(kernel_file, None, "x" * 3000, 128)
     assert long["warnings"] and "2047" in long["warnings"][0]
-    with pytest.raises(KernelImageError, match="needs an x86 bzImage"):
+    with pytest.raises(KernelImageError, match="neither an x86 bzImage nor an ELF vmlinux"):
         predict_fw_cfg(DATA / "riscv64-image.bin", None, "", 128)
+
+
+def _elf64(path: Path, loads: list[tuple[int, int, int]], entry: int | None) -> Path:
+    """A minimal x86_64 ELF: PT_LOAD (paddr, filesz, memsz) segments, and a PT_NOTE with the
+    Xen PVH entry note when ``entry`` is given."""
+    note = b""
+    if entry is not None:
+        note = struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", entry)
+    phdrs = [(1, 0x1000, paddr, filesz, memsz) for paddr, filesz, memsz in loads]
+    if note:
+        phdrs.append((4, 0x800, 0, len(note), len(note)))
+    head = bytearray(0x1000)
+    head[:16] = b"\x7fELF\x02\x01\x01" + bytes(9)
+    struct.pack_into("<HHIQQQIHHHHHH", head, 16, 2, 62, 1, 0x1000000, 64, 0, 0, 64, 56,
+                     len(phdrs), 64, 0, 0)  # fmt: skip
+    for i, (kind, offset, paddr, filesz, memsz) in enumerate(phdrs):
+        struct.pack_into("<IIQQQQQQ", head, 64 + 56 * i, kind, 5, offset, paddr, paddr,
+                         filesz, memsz, 0x1000)  # fmt: skip
+    head[0x800 : 0x800 + len(note)] = note
+    path.write_bytes(bytes(head) + bytes(0x3000))
+    return path
+
+
+def test_predict_fw_cfg_pvh_path(tmp_path: Path) -> None:
+    """An ELF vmlinux (the fast form): QEMU's load_elfboot spans the PT_LOAD segments, enters
+    at the note's address through pvh.bin, and keeps the initrd below RAM - ACPI data."""
+    loads = [(0x1000000, 0x1000, 0x2000), (0x1400000, 0x800, 0x0), (0x1800000, 0x1000, 0x6000)]
+    vmlinux = _elf64(tmp_path / "vmlinux", loads, entry=0x1A2B3C0)
+    initrd = sparse_file(tmp_path / "initrd", 100 << 20)
+    p = predict_fw_cfg(vmlinux, initrd, "console=ttyS0", 1024, machine="q35")
+    assert (p["option_rom"], p["kernel_entry"]) == ("genroms/pvh.bin", 0x1A2B3C0)
+    assert (p["kernel_addr"], p["kernel_size"]) == (0x1000000, 0x806000)  # memsz 0 skipped
+    assert (p["setup_addr"], p["setup_size"], p["cmdline_addr"]) == (None, 8192, None)
+    assert p["cmdline_size"] == len("console=ttyS0") + 1
+    assert p["initrd_max"] == (1024 << 20) - 0x28000 - 1
+    assert p["initrd_addr"] == (p["initrd_max"] - (100 << 20)) & ~4095
+    with pytest.raises(BootError, match="initrd is too large"):  # no initrd_addr_max to lower
+        predict_fw_cfg(vmlinux, initrd, "", 100)
+    bare = _elf64(tmp_path / "no-note", loads, entry=None)
+    with pytest.raises(KernelImageError, match="without a PVH entry note") as e:
+        predict_fw_cfg(bare, None, "", 128)
+    assert e.value.hint and "--boot-form classic" in e.value.hint
 
 
 def test_predict_fw_cfg_without_above_4g_flag(kernel_file: Path, tmp_path: Path) -> None:
@@ -383,3 +424,27 @@ def test_qemu_fw_cfg_trace_agrees(tmp_path: Path) -> None:
     assert seen["cmdline_size"] == p["cmdline_size"] == len(cmdline) + 1
     for key in ("setup_addr", "kernel_addr", "cmdline_addr", "initrd_addr"):
         assert seen[key] == p[key], key
+
+
+@pytest.mark.qemu
+def test_qemu_fw_cfg_trace_agrees_on_the_pvh_path(tmp_path: Path) -> None:
+    """The fast form: the vmlinux derived from the netboot kernel, entered through PVH."""
+    from treeboot.artifacts.derive import extract_vmlinux
+
+    kernel, initrd = tmp_path / "vmlinux", netboot("amd64", "initrd.gz")
+    with open(kernel, "w+b") as out:
+        extract_vmlinux(netboot("amd64", "linux"), out)
+    cmdline = "console=ttyS0 treeboot.test=1"
+    log = tmp_path / "trace.log"
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "768", "-M", "q35", "-nic", "none",
+            "-display", "none", "-serial", "null", "-monitor", "none",
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+            "-trace", "fw_cfg_add_*", "-D", str(log)]  # fmt: skip
+    text, _ = run_qemu(argv, log, lambda t: "pvh.bin" in t, timeout=60)
+    seen = {name: int(value, 16) for name, value in _TRACE.findall(text)}
+    p = predict_fw_cfg(kernel, initrd, cmdline, 768, machine="q35")
+    assert seen["kernel_entry"] == p["kernel_entry"]
+    assert seen["initdr_size"] == p["initrd_size"] == initrd.stat().st_size  # QEMU's spelling
+    for key in ("kernel_addr", "kernel_size", "setup_size", "cmdline_size", "initrd_addr"):
+        assert seen[key] == p[key], key
+    assert "setup_addr" not in seen and "cmdline_addr" not in seen

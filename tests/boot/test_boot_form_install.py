@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ def test_trace_boot_proves_the_hand_off(
     assert out["result"]["outcome"] == "installer-finished"
     assert INSTALLER_MARKER in (state_dir(name) / "console.log").read_text(errors="replace")
     assert f"option ROM  {rom}" in out["trace_report"]
+    # treeboot's model of QEMU's loader (artifacts/fwcfg.py) agrees with QEMU on both paths
+    agree = re.search(r"prediction: all (\d+) values agree \((.*)\)", out["trace_report"])
+    assert agree is not None, out["trace_report"]
+    checked = set(agree[2].split(", "))
+    assert {"kernel_addr", "kernel_size", "initrd_addr", "initrd_size", "option_rom"} <= checked
+    assert ("kernel_entry" in checked) == (form == "fast")
     kernel = Path(out["argv"][out["argv"].index("-kernel") + 1])
     initrd = Path(out["argv"][out["argv"].index("-initrd") + 1])
     derived = out["boot_form"]["derived"]

@@ -141,7 +141,7 @@ def test_real_trace_matches_the_kernel_header_prediction(tmp_path: Path) -> None
     """Boot the Debian 12 kernel (q35, TCG) with a busybox initrd; the trace QEMU writes must
     agree with artifacts.kernel.predict_fw_cfg, and the guest must read the items in order."""
     need_guest_tools()
-    from treeboot.artifacts.kernel import predict_fw_cfg
+    from treeboot.artifacts.fwcfg import predict_fw_cfg
 
     initrd = build_busybox_initrd(tmp_path / "initrd.cpio", "echo TRACE-MARKER")
     trace_file = tmp_path / "fw_cfg.trace"
@@ -160,5 +160,5 @@ def test_real_trace_matches_the_kernel_header_prediction(tmp_path: Path) -> None
     kernel = trace.read_window(0x11)
     assert kernel is not None and trace.uart_after(kernel[0]) is not None
     report = render_trace_report(trace, prediction, serial)
-    assert "prediction: all 8 values agree" in report
+    assert "prediction: all 9 values agree" in report
     assert "first console line: '[    0.000000] Linux version" in report

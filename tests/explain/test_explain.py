@@ -19,7 +19,8 @@ import pytest
 
 from _net_helpers import serve_http
 from treeboot.arch import Architecture, BootKind, firmware_info
-from treeboot.artifacts.kernel import predict_fw_cfg, read_kernel
+from treeboot.artifacts.fwcfg import predict_fw_cfg
+from treeboot.artifacts.kernel import read_kernel
 from treeboot.cli.main import main
 from treeboot.devtree import build_debian_tree
 from treeboot.errors import UsageError

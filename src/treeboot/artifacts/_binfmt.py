@@ -195,3 +195,66 @@ def parse_elf(blob: Blob) -> ElfHeader:
         type=_ELF_TYPES.get(etype, str(etype)),
         entry=entry,
     )
+
+
+PT_LOAD = 1
+PT_NOTE = 4
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # the PVH entry (xen/include/public/elfnote.h)
+
+
+@dataclass(frozen=True)
+class ElfSegment:
+    """One ``Elf64_Phdr``: where a segment is in the file and where it goes in memory."""
+
+    type: int
+    offset: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def elf64_segments(f: BinaryIO, size: int) -> list[ElfSegment] | None:
+    """The program headers of the 64-bit little-endian ELF file ``f`` (``size`` bytes long);
+    None when it is not one or its table lies past the end (an x86_64 vmlinux is one)."""
+    f.seek(0)
+    head = f.read(64)
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return None
+    (phoff,) = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    if phentsize < 56 or phnum > 64 or phoff + phnum * phentsize > size:
+        return None
+    f.seek(phoff)
+    table = f.read(phnum * phentsize)
+    out = []
+    for i in range(phnum):
+        kind, _, offset, _, paddr, filesz, memsz = struct.unpack_from(
+            "<IIQQQQQ", table, i * phentsize
+        )
+        out.append(ElfSegment(kind, offset, paddr, filesz, memsz))
+    return out
+
+
+def pvh_entry(f: BinaryIO, size: int) -> int | None:
+    """The PVH entry address from the ELF notes of the vmlinux in ``f``; None without one."""
+    for seg in elf64_segments(f, size) or []:
+        if seg.type != PT_NOTE or seg.offset + seg.filesz > size or seg.filesz > 1 << 20:
+            continue
+        f.seek(seg.offset)
+        entry = _xen_entry(f.read(seg.filesz))
+        if entry is not None:
+            return entry
+    return None
+
+
+def _xen_entry(notes: bytes) -> int | None:
+    at = 0
+    while at + 12 <= len(notes):
+        namesz, descsz, kind = struct.unpack_from("<III", notes, at)
+        name_at = at + 12
+        desc_at = name_at + (namesz + 3 & ~3)
+        name = notes[name_at : name_at + namesz].rstrip(b"\0")
+        if name == b"Xen" and kind == XEN_ELFNOTE_PHYS32_ENTRY and descsz >= 4:
+            return int(struct.unpack_from("<I", notes, desc_at)[0])
+        at = desc_at + (descsz + 3 & ~3)
+    return None

@@ -17,13 +17,13 @@ binary file; hashing and caching are the caller's (:mod:`treeboot.prepare.bootfo
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from treeboot.artifacts._binfmt import pvh_entry
 from treeboot.artifacts.initrd import (
     DEFAULT_MAX_DECOMPRESSED,
     Compression,
@@ -37,10 +37,8 @@ from treeboot.artifacts.initrd import (
 from treeboot.artifacts.kernel import read_kernel
 from treeboot.errors import KernelImageError
 
-XEN_ELFNOTE_PHYS32_ENTRY = 18
 MAX_VMLINUX = 1 << 30  # a decompressed x86 kernel (Debian 12: 60 MiB)
 DEFAULT_SECONDS = 120.0  # wall-clock cap per derivation
-_PT_NOTE = 4
 _COPY = 1 << 20
 
 
@@ -74,42 +72,6 @@ def _pump(chunks: Iterator[bytes], out: BinaryIO, deadline: _Deadline) -> int:
         n += len(chunk)
         deadline.check()
     return n
-
-
-def pvh_entry(f: BinaryIO, size: int) -> int | None:
-    """The PVH entry address from the ELF notes of the vmlinux in ``f``; None without one."""
-    f.seek(0)
-    head = f.read(64)
-    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-        return None  # only 64-bit little-endian ELF (x86_64 vmlinux)
-    (phoff,) = struct.unpack_from("<Q", head, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-    if phentsize < 56 or phnum > 64 or phoff + phnum * phentsize > size:
-        return None
-    f.seek(phoff)
-    table = f.read(phnum * phentsize)
-    for i in range(phnum):
-        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
-        if p_type != _PT_NOTE or p_offset + p_filesz > size or p_filesz > 1 << 20:
-            continue
-        f.seek(p_offset)
-        entry = _xen_entry(f.read(p_filesz))
-        if entry is not None:
-            return entry
-    return None
-
-
-def _xen_entry(notes: bytes) -> int | None:
-    at = 0
-    while at + 12 <= len(notes):
-        namesz, descsz, kind = struct.unpack_from("<III", notes, at)
-        name_at = at + 12
-        desc_at = name_at + (namesz + 3 & ~3)
-        name = notes[name_at : name_at + namesz].rstrip(b"\0")
-        if name == b"Xen" and kind == XEN_ELFNOTE_PHYS32_ENTRY and descsz >= 4:
-            return int(struct.unpack_from("<I", notes, desc_at)[0])
-        at = desc_at + (descsz + 3 & ~3)
-    return None
 
 
 def extract_vmlinux(

@@ -13,7 +13,7 @@ Specs (Debian package linux-doc, /usr/share/doc/linux-doc-6.1/Documentation/):
 - PE/COFF (an EFI stub: "MZ" at 0, the PE header at the offset stored at 0x3c) and ELF
   (System V gABI ``e_ident``).
 
-Also :func:`predict_fw_cfg`: what QEMU's x86 Linux loader will put in fw_cfg for a bzImage.
+What QEMU's x86 loader puts in fw_cfg for a kernel is in :mod:`treeboot.artifacts.fwcfg`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from treeboot.artifacts.initrd import (
     InitrdInfo,
     detect_compression,
 )
-from treeboot.errors import BootError, KernelImageError, LocationError
+from treeboot.errors import KernelImageError, LocationError
 
 
 class ImageFormat(StrEnum):
@@ -460,97 +460,3 @@ def inspect_file(path: Path, *, max_decompressed: int | None = None) -> KernelIm
     if kind is None or is_image:
         return read_kernel(path)
     return scan_initrd(path, max_decompressed=max_decompressed or DEFAULT_MAX_DECOMPRESSED)
-
-
-# QEMU 7.2 pc_machine_class_init: ACPI tables (0x20000) + 0x8000 shared with option ROMs;
-# x86_load_linux keeps the initrd below (RAM below 4 GiB) - acpi_data_size.
-ACPI_DATA_SIZE = 0x28000
-
-
-def below_4g_mem_size(memory_mib: int, machine: str = "pc") -> int:
-    """RAM below 4 GiB on QEMU 7.2's ``pc`` (i440fx) or ``q35`` machine (default options)."""
-    ram = memory_mib << 20
-    if machine.startswith("q35") or machine.startswith("pc-q35"):
-        lowmem = 0x80000000 if ram >= 0xB0000000 else 0xB0000000
-    else:  # pc_init1: 3.5 GiB, moved to 3 GiB (gigabyte_align) once RAM has to be split
-        lowmem = 0xC0000000 if ram >= 0xE0000000 else 0xE0000000
-    return min(ram, lowmem)
-
-
-def predict_fw_cfg(
-    kernel_path: Path,
-    initrd_path: Path | None,
-    cmdline: str,
-    memory_mib: int = 128,
-    *,
-    machine: str = "pc",
-) -> dict[str, Any]:
-    """The fw_cfg items QEMU 7.2's x86 loader (hw/i386/x86.c ``x86_load_linux``) sets for
-    ``-kernel``/``-initrd``/``-append`` (checked against its ``-trace 'fw_cfg*'``):
-
-    - setup: ``setup_size`` = (setup_sects or 4, + 1) x 512 bytes, at ``setup_addr`` 0x10000
-      (boot protocol >= 2.02 and LOADED_HIGH; 0x90000 before);
-    - kernel: the rest of the file (``kernel_size`` = file size - setup size) at 0x100000;
-    - cmdline: at 0x20000, ``cmdline_size`` = bytes + 1 (the NUL);
-    - initrd: ``initrd_max`` = 0xFFFFFFFF if xloadflags has XLF_CAN_BE_LOADED_ABOVE_4G, else the
-      header's initrd_addr_max (0x37FFFFFF before protocol 2.03); lowered to
-      below_4g_mem_size - ACPI_DATA_SIZE - 1 when it reaches that (ACPI_DATA_SIZE is 0x28000,
-      160 KiB, on QEMU 7.2's pc and q35 machines); the initrd goes at
-      ``(initrd_max - initrd_size) & ~4095``. QEMU refuses an initrd of initrd_max bytes or
-      more: BootError here. QEMU's x86 ``-initrd`` takes exactly one file.
-    """
-    try:
-        with open(kernel_path, "rb") as f:
-            head = f.read(0x206)
-    except OSError as e:
-        raise LocationError(f"cannot read {kernel_path}: {e.strerror}") from e
-    if head[0x202:0x206] != b"HdrS":  # not a bzImage: no need to parse (an ELF is 60+ MB)
-        raise KernelImageError(
-            f"{kernel_path} is not a bzImage, but QEMU's x86 Linux loader needs an x86 bzImage",
-            hint="use the x86 kernel of the tree (vmlinuz, linux, bzImage)",
-        )
-    image = read_kernel(kernel_path)
-    x = image.x86
-    assert x is not None  # 'HdrS' is what makes _parse read the x86 setup header
-    proto = x.protocol
-    high = proto >= 0x200 and x.loadflags & 1
-    real_addr, cmdline_addr = (0x10000, 0x20000) if high and proto >= 0x202 else (0x90000, None)
-    cmdline_bytes = len(cmdline.encode()) + 1
-    if cmdline_addr is None:
-        cmdline_addr = 0x9A000 - ((cmdline_bytes + 15) & ~15)
-    above_4g = proto >= 0x20C and x.xloadflags & 2  # XLF_CAN_BE_LOADED_ABOVE_4G
-    initrd_max = 0xFFFFFFFF if above_4g else x.initrd_addr_max
-    below = below_4g_mem_size(memory_mib, machine)
-    if initrd_max >= below - ACPI_DATA_SIZE:
-        initrd_max = below - ACPI_DATA_SIZE - 1
-    try:
-        initrd_size = initrd_path.stat().st_size if initrd_path else None
-    except OSError as e:
-        raise LocationError(f"cannot read {initrd_path}: {e.strerror}") from e
-    if initrd_size is not None and proto < 0x200:
-        raise BootError(f"{kernel_path} is too old (boot protocol {x.boot_protocol}) for an initrd")
-    if initrd_size is not None and initrd_size >= initrd_max:
-        raise BootError(
-            f"the initrd {initrd_path} ({initrd_size} bytes) does not fit below {initrd_max:#x}"
-            f" with {memory_mib} MiB of RAM: QEMU would stop with 'initrd is too large'",
-            hint="give the machine more memory (--memory)",
-        )
-    warnings = []
-    if cmdline_bytes - 1 > x.cmdline_size:
-        warnings.append(f"the command line has {cmdline_bytes - 1} bytes; the kernel keeps"
-                        f" only the first {x.cmdline_size}")  # fmt: skip
-    return {
-        "machine": machine,
-        "memory_mib": memory_mib,
-        "below_4g_mem_size": below,
-        "setup_addr": real_addr,
-        "setup_size": x.setup_size,
-        "kernel_addr": 0x100000 if high else 0x10000,
-        "kernel_size": image.size - x.setup_size,
-        "cmdline_addr": cmdline_addr,
-        "cmdline_size": cmdline_bytes,
-        "initrd_max": initrd_max,
-        "initrd_addr": (initrd_max - initrd_size) & ~4095 if initrd_size is not None else None,
-        "initrd_size": initrd_size,
-        "warnings": warnings,
-    }

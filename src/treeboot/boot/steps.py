@@ -482,11 +482,12 @@ def inject(
 def predict_boot(plan: BootPlan) -> dict[str, Any] | None:
     """What QEMU's x86 loader will put in fw_cfg, computed before boot (while a temporary
     initrd still exists): for ``--trace-boot``, and to refuse an initrd that cannot fit in
-    the guest's memory (BootError) before QEMU says so. None for other architectures or
-    kernels that are not bzImages (QEMU also boots multiboot/ELF kernels)."""
+    the guest's memory (BootError) before QEMU says so. Both forms are modelled (the bzImage
+    and the PVH-entered vmlinux); None for other architectures and other kernels (QEMU also
+    boots multiboot kernels)."""
     if plan.kernel is None or plan.arch not in (Architecture.X86_64, Architecture.I686):
         return None
-    from treeboot.artifacts.kernel import predict_fw_cfg
+    from treeboot.artifacts.fwcfg import predict_fw_cfg
 
     machine = plan.machine or plan.arch.machine()
     cmdline = quote_cmdline(plan.cmdline)

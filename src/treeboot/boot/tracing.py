@@ -43,7 +43,12 @@ OPTION_ROMS = (
     "pvh.bin",
 )
 UART_EVENTS = ("serial_update_parameters", "pl011_baudrate_change")
-COMPARED = tuple(f"{role}_{what}" for role, *_ in BOOT_ITEMS for what in ("addr", "size"))
+KERNEL_ENTRY = 0x10  # FW_CFG_KERNEL_ENTRY: set on the PVH path (the ELF note's address)
+COMPARED = (
+    *(f"{role}_{what}" for role, *_ in BOOT_ITEMS for what in ("addr", "size")),
+    "kernel_entry",
+    "option_rom",
+)
 
 _PREFIX = re.compile(r"^(?:(?P<pid>\d+)@(?P<ts>\d+\.\d+):)?(?P<event>[a-z0-9_]+) ?(?P<rest>.*)$")
 _ADD_VALUE = re.compile(r"^key 0x(?P<key>[0-9a-f]+) '(?P<name>[^']*)', value (?P<value>.*)$")
@@ -139,6 +144,7 @@ class BootTrace:
             d[f"{role}_addr"] = self.value(addr)
             d[f"{role}_size"] = self.value(size)
         rom = self.option_rom
+        d["kernel_entry"] = self.value(KERNEL_ENTRY)
         d["cmdline"] = self.cmdline
         d["option_rom"] = rom.name if rom else None
         t0 = self.started_at
@@ -271,8 +277,8 @@ def _rel(t: float | None, t0: float | None) -> str:
     return f"+{t - t0:.3f} s" if t is not None and t0 is not None else "?"
 
 
-def _hex(v: int | None) -> str:
-    return f"{v:#x}" if v is not None else "?"
+def _hex(v: int | str | None) -> str:
+    return "?" if v is None else v if isinstance(v, str) else f"{v:#x}"
 
 
 def _item_lines(trace: BootTrace) -> list[str]:
@@ -285,6 +291,9 @@ def _item_lines(trace: BootTrace) -> list[str]:
         out.append(f"  option ROM  {rom.name} ({rom.size} bytes){when}")
     else:
         out.append("  option ROM  none (QEMU loaded the kernel itself, or no -kernel)")
+    entry = trace.value(KERNEL_ENTRY)
+    if entry is not None:
+        out.append(f"  entry       {entry:#x} (the vmlinux's PVH note: the ROM jumps there)")
     if all(trace.value(a) is None and trace.value(n) is None for _, a, n, _ in BOOT_ITEMS):
         out.append("  kernel, initrd and command line did not go through fw_cfg (QEMU put them")
         out.append("  in guest memory itself, as on arm/riscv 'virt' without firmware)")
@@ -357,10 +366,6 @@ def compare_prediction(trace: BootTrace, prediction: Mapping[str, Any]) -> list[
 
 def _prediction_lines(trace: BootTrace, prediction: Mapping[str, Any] | None) -> list[str]:
     if prediction is None:
-        rom = trace.option_rom
-        if rom is not None and rom.name.endswith("pvh.bin"):  # --boot-form fast: ELF vmlinux
-            return ["  prediction: none for a PVH entry (QEMU loads the vmlinux's ELF segments"
-                    " itself; the bzImage setup rules do not apply)"]  # fmt: skip
         return []
     compared = [k for k in COMPARED if prediction.get(k) is not None]
     seen = trace.to_json()
@@ -375,7 +380,9 @@ def _prediction_lines(trace: BootTrace, prediction: Mapping[str, Any] | None) ->
     else:
         out.append(f"  prediction: all {len(checked)} values agree ({', '.join(checked)})")
     setup = trace.value(0x17)
-    if setup is not None and setup % 512 == 0 and not any(b.startswith("setup_size") for b in bad):
+    bzimage = prediction.get("kernel_entry") is None  # PVH publishes an 8 KiB header instead
+    setup_agrees = not any(b.startswith("setup_size") for b in bad)
+    if bzimage and setup_agrees and setup is not None and setup % 512 == 0:
         out.append(f"    setup_size {setup} = (setup_sects {setup // 512 - 1} + 1) x 512")
     out += [f"  warning: {w}" for w in prediction.get("warnings", []) or []]
     return out

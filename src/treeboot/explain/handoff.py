@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from treeboot.arch import Architecture
-from treeboot.artifacts.kernel import ACPI_DATA_SIZE, ImageFormat, KernelImage, below_4g_mem_size
+from treeboot.artifacts.fwcfg import ACPI_DATA_SIZE, below_4g_mem_size
+from treeboot.artifacts.kernel import ImageFormat, KernelImage
 from treeboot.detect.rules import load_rule_table
 from treeboot.errors import MetadataError, TreebootError, UsageError
 
@@ -226,7 +227,7 @@ def _int(value: Fact) -> int | None:
 
 def _x86_facts(inp: BootInputs) -> tuple[dict[str, Fact], list[str], list[str]]:
     """predict_fw_cfg's numbers, or (no header) what any x86_64 kernel since 3.8 gives."""
-    from treeboot.artifacts.kernel import predict_fw_cfg
+    from treeboot.artifacts.fwcfg import predict_fw_cfg
 
     warnings: list[str] = []
     if inp.image is not None and inp.image.x86 is not None and inp.kernel_path is not None:
@@ -236,7 +237,8 @@ def _x86_facts(inp: BootInputs) -> tuple[dict[str, Fact], list[str], list[str]]:
             )
         except TreebootError as e:
             return {}, [e.message], []
-        pred.pop("initrd_size")
+        for key in ("initrd_size", "option_rom", "kernel_entry"):  # the rules table says those
+            pred.pop(key)
         warnings += pred.pop("warnings")
         return pred, warnings, []
     if inp.image is not None:
