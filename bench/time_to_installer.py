@@ -32,6 +32,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -186,6 +187,7 @@ class Bench:
         ).stdout  # fmt: skip
         argv: list[str] = json.loads(out)["argv"]
         argv = _drop(argv, lambda o, v: o == "-mon" or v.startswith("socket,id=qmp"))
+        _make_nvram(argv)
         log = self.work / "bare.log"
         return [a if not a.startswith("socket,id=serial0") else f"file,id=serial0,path={log}"
                 for a in argv]  # fmt: skip
@@ -278,6 +280,20 @@ class Bench:
             subprocess.run([*virsh, "destroy", name], capture_output=True, check=False)
             log.unlink(missing_ok=True)
             log.with_name(f"{name}.log").unlink(missing_ok=True)  # libvirt's domain log
+
+
+def _make_nvram(argv: list[str]) -> None:
+    """A dry run names the VM's UEFI variable store but does not create it: copy the firmware's
+    template (AAVMF_CODE.fd -> AAVMF_VARS.fd) there, for the bare rows (arm64)."""
+    for arg in argv:
+        opts = dict(o.split("=", 1) for o in arg.split(",") if "=" in o)
+        if opts.get("if") == "pflash" and opts.get("unit") == "1":
+            vars_file = Path(opts["file"])
+            codes = [a for a in argv if "if=pflash" in a and "unit=0" in a]
+            code = dict(o.split("=", 1) for o in codes[0].split(",") if "=" in o)["file"]
+            if not vars_file.exists():
+                vars_file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(code.replace("CODE", "VARS"), vars_file)
 
 
 # What each guest default is, as (option, value) predicates, to measure it by its absence.

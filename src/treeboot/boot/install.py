@@ -132,12 +132,7 @@ def install(
             medium_attached=cdrom is not None, accel=accel.accel,
         )  # fmt: skip
         plan = _plan(request, ident, arch, accel, paths, kernel, initrd, cmdline, network)
-        firmware, nvram = prep.boot_firmware(request, arch, paths, dry_run=dry_run)
-        plan = replace(plan, cdrom=cdrom, firmware=firmware, nvram=nvram)
-        if not firmware_info(firmware).boots_disk and not plan.no_reboot:
-            if not prep.DiskRequest.parse(request.disk).none:
-                notice(f"{arch} has no firmware that boots a disk: stopping after the installer")
-            plan = replace(plan, no_reboot=True)
+        plan = _with_firmware(replace(plan, cdrom=cdrom), request, dry_run=dry_run)
         forms = prep.boot_form(request, plan, fetched, kernel, initrd, dry_run=dry_run)
         plan = replace(plan, kernel=forms.kernel, boot_form=_form_label(forms))
         initrd = forms.initrd
@@ -158,6 +153,17 @@ def install(
     if request.trace_boot:
         result.trace_report = prep.trace_report(plan, prediction)
     return result
+
+
+def _with_firmware(plan: BootPlan, request: InstallRequest, *, dry_run: bool) -> BootPlan:
+    """The firmware (and its NVRAM copy); without one that boots a disk, stop after phase 1."""
+    firmware, nvram = prep.boot_firmware(request, plan.arch, plan.paths, dry_run=dry_run)
+    plan = replace(plan, firmware=firmware, nvram=nvram)
+    if not firmware_info(firmware).boots_disk and not plan.no_reboot:
+        if not prep.DiskRequest.parse(request.disk).none:
+            notice(f"{plan.arch} has no firmware that boots a disk: stopping after the installer")
+        plan = replace(plan, no_reboot=True)
+    return plan
 
 
 def _install_libvirt(

@@ -36,31 +36,64 @@ def _register_install(sub: Any) -> None:
     )
     p.add_argument("location", help="install tree URL (http/https/ftp), directory or ISO")
     p.add_argument("--name", "-n", required=True, help="VM name (its state directory)")
-    p.add_argument("--memory", type=int, metavar="MiB", help="RAM (default: osinfo-db's)")
-    p.add_argument("--vcpus", type=int, metavar="N", help="virtual CPUs (default: 2)")
-    p.add_argument("--cpu", metavar="MODEL",
-                   help="QEMU CPU model (default: host under KVM; under TCG the cheapest model"
-                   " the release needs, see rules/cpu_models.toml)")  # fmt: skip
-    p.add_argument("--disk", metavar="SPEC",
-                   help="size=GiB | path=FILE[,size=GiB][,format=raw|qcow2] | none (an existing"
-                   " FILE is raw unless format= says otherwise: formats are never probed)")
-    p.add_argument("--force", action="store_true", help="replace an existing disk image")
-    p.add_argument("--arch", help="guest architecture (default: the tree's)")
-    p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
-    p.add_argument("--boot", choices=["bios", "uefi", "direct"],
-                   help="firmware, where the arch has several (direct: none, QEMU starts the"
-                   " kernel); default: BIOS on x86, UEFI on arm")  # fmt: skip
-    add = p.add_argument
-    add("--extra-args", action="append", default=[], metavar="ARGS",
-        help="more kernel arguments (repeatable)")
-    add("--network", metavar="user|none|network=NAME|bridge=BR",
-        help="user (default without --connect): restricted user-mode network that reaches"
-        " only the tree; with --connect: network=NAME (default: libvirt's 'default'),"
-        " bridge=BR or none")
+    _guest_options(p.add_argument_group("guest"))
+    _boot_options(p.add_argument_group("boot"))
+    _run_options(p.add_argument_group("network, console and waiting"))
+    _trust_options(p.add_argument_group("verification"))
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and the exact QEMU command; start nothing")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_install)
+
+
+def _guest_options(g: Any) -> None:
+    add = g.add_argument
+    add("--memory", type=int, metavar="MiB", help="RAM (default: osinfo-db's)")
+    add("--vcpus", type=int, metavar="N", help="virtual CPUs (default: 2)")
+    add("--cpu", metavar="MODEL",
+        help="QEMU CPU model (default: host under KVM; under TCG the cheapest model"
+        " the release needs, see rules/cpu_models.toml)")  # fmt: skip
+    add("--disk", metavar="SPEC",
+        help="size=GiB | path=FILE[,size=GiB][,format=raw|qcow2] | none (an existing"
+        " FILE is raw unless format= says otherwise: formats are never probed)")
+    add("--force", action="store_true", help="replace an existing disk image")
+    add("--arch", help="guest architecture (default: the tree's)")
+    add("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     add("--connect", "-c", metavar="URI",
         help="install on a libvirt hypervisor (qemu:///system, qemu+ssh://host/system, ...)")
     add("--pool", metavar="NAME",
         help="with --connect: storage pool for the disk and uploads (default: ask libvirt)")
+
+
+def _boot_options(g: Any) -> None:
+    add = g.add_argument
+    add("--boot", choices=["bios", "uefi", "direct"],
+        help="firmware, where the arch has several (direct: none, QEMU starts the"
+        " kernel); default: BIOS on x86, UEFI on arm")  # fmt: skip
+    add("--boot-form", choices=["auto", "classic", "fast"], default="auto",
+        help="classic: kernel and initrd as shipped; fast: forms derived on the host (vmlinux"
+        " via PVH, inflated initrd); auto: per arch/firmware/accel (rules/boot_forms.toml)")
+    add("--kernel", help="kernel: path in the tree, or a local ./file or /file")
+    add("--initrd", help="initrd: path in the tree, or a local ./file or /file")
+    add("--extra-args", action="append", default=[], metavar="ARGS",
+        help="more kernel arguments (repeatable)")
+    add("--initrd-inject", action="append", default=[], type=Path, metavar="FILE",
+        help="add FILE to the initrd's root (repeatable)")
+    add("--unattended", nargs="?", const="", metavar="KEY=VALUE,...",
+        help="generate an unattended install: profile=minimal|desktop,admin-user=,"
+        "user-password-file=,admin-password-file=,ssh-key=,timezone=,locale=,hostname=")
+    add("--unattended-file", type=Path, metavar="FILE",
+        help="your own kickstart/preseed/autoyast/autoinstall file")
+    add("--trace-boot", action="store_true",
+        help="trace fw_cfg and compare what QEMU loaded to the prediction")
+
+
+def _run_options(g: Any) -> None:
+    add = g.add_argument
+    add("--network", metavar="user|none|network=NAME|bridge=BR",
+        help="user (default without --connect): restricted user-mode network that reaches"
+        " only the tree; with --connect: network=NAME (default: libvirt's 'default'),"
+        " bridge=BR or none")
     add("--console", choices=["log", "attach", "none"], default="log",
         help="attach: also show the serial console live here")
     add("--console-log", type=Path, metavar="FILE",
@@ -71,29 +104,15 @@ def _register_install(sub: Any) -> None:
         help="stop the VM and succeed when REGEX appears on the serial console")
     add("--no-reboot", action="store_true",
         help="stop after the installer ends (do not boot the installed disk)")
-    add("--initrd-inject", action="append", default=[], type=Path, metavar="FILE",
-        help="add FILE to the initrd's root (repeatable)")
-    add("--unattended", nargs="?", const="", metavar="KEY=VALUE,...",
-        help="generate an unattended install: profile=minimal|desktop,admin-user=,"
-        "user-password-file=,admin-password-file=,ssh-key=,timezone=,locale=,hostname=")
-    add("--unattended-file", type=Path, metavar="FILE",
-        help="your own kickstart/preseed/autoyast/autoinstall file")
-    add("--kernel", help="kernel: path in the tree, or a local ./file or /file")
-    add("--initrd", help="initrd: path in the tree, or a local ./file or /file")
-    add("--trace-boot", action="store_true",
-        help="trace fw_cfg and compare what QEMU loaded to the prediction")
-    add("--boot-form", choices=["auto", "classic", "fast"], default="auto",
-        help="classic: kernel and initrd as shipped; fast: forms derived on the host (vmlinux"
-        " via PVH, inflated initrd); auto: per arch/firmware/accel (rules/boot_forms.toml)")
+
+
+def _trust_options(g: Any) -> None:
+    add = g.add_argument
     add("--insecure", action="store_true", help="do not verify TLS certificates")
     add("--require-signature", action="store_true",
         help="refuse artifacts not covered by a verified signature")
     add("--keyring", type=Path, metavar="FILE",
         help="OpenPGP keyring for the signed chain (default: the distribution's archive keyring)")
-    add("--dry-run", action="store_true",
-        help="print the plan and the exact QEMU command; start nothing")
-    add("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_install)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
