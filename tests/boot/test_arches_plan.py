@@ -189,3 +189,21 @@ def test_malta_plan_has_one_vcpu_and_no_phase2(
                "--disk", "none", "--dry-run"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "--vcpus 2: QEMU's malta (mips64el) runs at most 1" in err
+
+
+def test_the_uefi_variable_store_is_copied_with_holes(tmp_path: Path) -> None:
+    """Each install gets a fresh copy of the firmware's template; its zero MiBs stay holes
+    (AAVMF's 64 MiB template is all zeros, so a plain copy wrote 64 MiB per install)."""
+    from treeboot.boot.steps import copy_sparse
+
+    src = tmp_path / "vars.fd"
+    with open(src, "wb") as f:
+        f.write(b"\x00" * (3 << 20) + b"NVRAM" + b"\x00" * (2 << 20) + b"tail")
+    dest = tmp_path / "nvram.fd"
+    copy_sparse(src, dest)
+    assert dest.read_bytes() == src.read_bytes()
+    assert dest.stat().st_blocks * 512 < src.stat().st_size // 2  # the zero MiBs are holes
+    template = firmware_info(Firmware.AAVMF).vars
+    if template is not None and template.is_file():
+        copy_sparse(template, dest)
+        assert dest.read_bytes() == template.read_bytes()

@@ -8,6 +8,7 @@ files from :mod:`treeboot.prepare.unattended`.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
@@ -131,11 +132,22 @@ def boot_firmware(
         return fw, None
     nvram = paths.state_dir / "nvram.fd"
     if not dry_run:
-        import shutil
-
         nvram.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(info.vars, nvram)
+        copy_sparse(info.vars, nvram)
     return fw, nvram
+
+
+def copy_sparse(src: Path, dest: Path, chunk: int = 1 << 20) -> None:
+    """Copy ``src`` leaving its zero MiBs as holes. AAVMF's 64 MiB variable store template is
+    all zeros: a plain copy wrote 64 MiB per install, whose writeback then ran during the boot."""
+    zero = bytes(chunk)
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while data := f.read(chunk):
+            if data == zero[: len(data)]:
+                out.seek(len(data), os.SEEK_CUR)
+            else:
+                out.write(data)
+        out.truncate()
 
 
 # -- resources ----------------------------------------------------------------------------
