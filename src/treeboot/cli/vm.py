@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from treeboot.cli.output import emit_json, notice
+
+if TYPE_CHECKING:  # imported when the command runs: `treeboot --help` stays light
+    from treeboot.boot.request import InstallRequest
 
 
 def register(sub: Any) -> None:
@@ -118,11 +121,40 @@ def _trust_options(g: Any) -> None:
 def cmd_install(args: argparse.Namespace) -> int:
     from treeboot.boot.backends.qemu import format_argv
     from treeboot.boot.install import describe, install
-    from treeboot.boot.request import InstallRequest
-    from treeboot.boot.steps import split_extra_args
     from treeboot.cli.tree import warn_insecure
 
-    request = InstallRequest(
+    request = _install_request(args)
+    warn_insecure(args)
+    out = None if args.json else sys.stdout.buffer
+    try:
+        result = install(request, dry_run=args.dry_run, out=out)
+    finally:
+        if args.console == "attach" and out is not None and sys.stdout.isatty():
+            out.write(b"\x1b[0m\x1b(B\r\n")  # the guest may leave colours or line drawing on
+            out.flush()
+    if args.json:
+        emit_json(result.to_json())
+    elif args.dry_run:
+        print(describe(result))
+        if result.xml is not None:
+            print("libvirt domain XML (install phase):")
+            print(result.xml, end="")
+        else:
+            print("QEMU command:")
+            print(format_argv(result.argv))
+    else:
+        _report(result)
+    if result.trace_report and not args.json:
+        print(result.trace_report)
+    return result.exit_code
+
+
+def _install_request(args: argparse.Namespace) -> InstallRequest:
+    """The InstallRequest the command line describes."""
+    from treeboot.boot.request import InstallRequest
+    from treeboot.boot.steps import split_extra_args
+
+    return InstallRequest(
         location=args.location,
         name=args.name,
         memory_mib=args.memory,
@@ -154,29 +186,6 @@ def cmd_install(args: argparse.Namespace) -> int:
         connect=args.connect,
         pool=args.pool,
     )
-    warn_insecure(args)
-    out = None if args.json else sys.stdout.buffer
-    try:
-        result = install(request, dry_run=args.dry_run, out=out)
-    finally:
-        if args.console == "attach" and out is not None and sys.stdout.isatty():
-            out.write(b"\x1b[0m\x1b(B\r\n")  # the guest may leave colours or line drawing on
-            out.flush()
-    if args.json:
-        emit_json(result.to_json())
-    elif args.dry_run:
-        print(describe(result))
-        if result.xml is not None:
-            print("libvirt domain XML (install phase):")
-            print(result.xml, end="")
-        else:
-            print("QEMU command:")
-            print(format_argv(result.argv))
-    else:
-        _report(result)
-    if result.trace_report and not args.json:
-        print(result.trace_report)
-    return result.exit_code
 
 
 def _report(result: Any) -> None:
