@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -16,6 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _paths import SHARED
 
 pytest_plugins = ["_libvirt_fixtures"]  # libvirtd, network, clean: one daemon for all modules
+
+# Started as a background job by a shell without job control (`make test &`, nohup), the suite
+# inherits SIGINT ignored, and so would every treeboot it starts: a Python started with SIGINT
+# ignored keeps ignoring it, and the tests of Ctrl-C would fail. Take SIGINT back here; the
+# treeboot processes then start with the default, as under a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 
 from _kernel_helpers import need_tool, netboot
+from treeboot.artifacts._binfmt import pvh_entry
 from treeboot.artifacts.cpio import CpioEntry, build_newc
-from treeboot.artifacts.derive import (
-    extract_vmlinux,
-    inflate_image,
-    inflate_initrd,
-    pvh_entry,
-)
+from treeboot.artifacts.derive import extract_vmlinux, inflate_image, inflate_initrd
 from treeboot.artifacts.initrd import Compression, scan_initrd
 from treeboot.artifacts.kernel import read_kernel
 from treeboot.errors import KernelImageError
