@@ -2,8 +2,10 @@
 
 PE/COFF: Microsoft's "PE Format" spec: "MZ" at 0, the offset of "PE\\0\\0" at 0x3c, then the
 COFF header, the optional header and the section table. ELF: System V gABI ``e_ident`` and
-``Elf{32,64}_Ehdr``. Used by :mod:`treeboot.artifacts.kernel` (EFI stubs, vmlinux) and
-:mod:`treeboot.artifacts.initrd` (the arch of the programs inside).
+``Elf{32,64}_Ehdr``, ``Elf64_Phdr`` and the Xen PVH entry note. Used by
+:mod:`treeboot.artifacts.kernel` (EFI stubs, vmlinux), :mod:`treeboot.artifacts.initrd` (the
+arch of the programs inside), :mod:`treeboot.artifacts.derive` and
+:mod:`treeboot.artifacts.fwcfg` (the vmlinux entered through PVH).
 """
 
 from __future__ import annotations
