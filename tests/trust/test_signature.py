@@ -481,6 +481,7 @@ def test_cli_explain_passes_the_keyring_through(
     assert verified == {"kernel": "signed-chain", "initrd": "signed-chain"}
     (tmp_path / "other").mkdir()
     other = make_key(tmp_path / "other")
+    other.close()  # its keyring file is all this test needs: stop the gpg-agent gpg started
     proc = cli("explain", tree_url(tree, server), "--keyring", str(other.keyring),
                "--require-signature", cache=tmp_path / "c2")  # fmt: skip
     assert proc.returncode == SignatureError.exit_code, proc.stderr
