@@ -237,9 +237,10 @@ def elf64_segments(f: BinaryIO, size: int) -> list[ElfSegment] | None:
     return out
 
 
-def pvh_entry(f: BinaryIO, size: int) -> int | None:
-    """The PVH entry address from the ELF notes of the vmlinux in ``f``; None without one."""
-    for seg in elf64_segments(f, size) or []:
+def pvh_entry(f: BinaryIO, size: int, segments: list[ElfSegment] | None = None) -> int | None:
+    """The PVH entry address from the ELF notes of the vmlinux in ``f``; None without one.
+    ``segments``: its program headers, when the caller has read them already."""
+    for seg in segments if segments is not None else elf64_segments(f, size) or []:
         if seg.type != PT_NOTE or seg.offset + seg.filesz > size or seg.filesz > 1 << 20:
             continue
         f.seek(seg.offset)

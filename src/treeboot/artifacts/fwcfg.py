@@ -133,8 +133,9 @@ def _pvh(
     address (pvh.bin places them); ``initrd_max`` is below_4g_mem_size - ACPI_DATA_SIZE - 1
     whatever the kernel says."""
     size = os.fstat(f.fileno()).st_size
-    entry = pvh_entry(f, size)
-    loads = [s for s in elf64_segments(f, size) or [] if s.type == PT_LOAD and s.memsz]
+    segments = elf64_segments(f, size) or []
+    entry = pvh_entry(f, size, segments)
+    loads = [s for s in segments if s.type == PT_LOAD and s.memsz]
     if entry is None or not loads:
         raise KernelImageError(
             f"{kernel_path} is an ELF file without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY):"
